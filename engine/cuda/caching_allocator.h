@@ -1,0 +1,140 @@
+// The caching allocator's policy, separate from the driver: size rounding, segments,
+// per-stream best-fit pools, block splitting and coalescing, record_stream deferral
+// and statistics. It talks to memory and events only through AllocatorBackend, so
+// the same code serves device memory (cudaMalloc), pinned host memory (cudaHostAlloc)
+// and the tests, which drive it with a fake host-memory backend and no GPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/cuda/runtime.h"
+#include "kernels/cuda/stream.h"
+
+namespace tandem::cuda {
+
+/// What the allocator needs from the driver. All calls come with the allocator's
+/// lock held, so a backend needs no locking of its own.
+class AllocatorBackend {
+ public:
+  virtual ~AllocatorBackend() = default;
+  /// A new segment of `nbytes`, or nullptr when the memory is exhausted (other
+  /// failures throw).
+  virtual void* raw_alloc(size_t nbytes) = 0;
+  virtual void raw_free(void* ptr) = 0;
+  /// Waits until no queued work can touch cached segments, before they are freed.
+  virtual void synchronize() = 0;
+  /// A new event on `device` (timing disabled).
+  virtual cudaEvent_t event_create(int device) = 0;
+  virtual void event_record(cudaEvent_t event, Stream stream) = 0;
+  /// True when the work before the event's last record has finished.
+  virtual bool event_query(cudaEvent_t event) = 0;
+  virtual void event_synchronize(cudaEvent_t event) = 0;
+  virtual void event_destroy(cudaEvent_t event) = 0;
+};
+
+/// One segment as seen by snapshot(): its blocks in address order.
+struct SegmentSnapshot {
+  struct BlockInfo {
+    size_t size = 0;
+    bool allocated = false;  // held by a caller
+    bool pending = false;    // freed, waiting for record_stream events
+  };
+  uintptr_t address = 0;
+  size_t size = 0;
+  cudaStream_t stream = nullptr;
+  bool small = false;  // from the small pool (2 MiB segments)
+  std::vector<BlockInfo> blocks;
+};
+
+/// A caching allocator for one device (or for pinned host memory). Thread-safe.
+class CachingAllocator {
+ public:
+  static constexpr size_t kMinBlockSize = 512;             // every size is rounded to a multiple of this
+  static constexpr size_t kSmallSize = 1 << 20;            // requests up to 1 MiB use the small pool
+  static constexpr size_t kSmallSegment = 2 << 20;         // small pool segments are 2 MiB
+  static constexpr size_t kLargeRound = 2 << 20;           // large segments are multiples of 2 MiB
+  static constexpr size_t kMaxRequest = size_t{1} << 56;  // larger requests are caller mistakes
+
+  /// `name` appears in errors ("cuda:0", "pinned host memory"); `op` is the public
+  /// entry point named in them ("device_alloc", "pinned_alloc").
+  CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string name, std::string op);
+  /// Returns every segment (cached or still allocated) and event to the backend.
+  ~CachingAllocator();
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  /// nbytes rounded up to a multiple of kMinBlockSize (at least one block).
+  static size_t round_size(size_t nbytes);
+  /// Size of the segment obtained from the backend for a rounded request.
+  static size_t segment_size(size_t rounded);
+
+  /// A block of at least `nbytes` (nullptr for 0) that may be used on `stream`.
+  /// Throws std::runtime_error (naming size and stats) when memory is exhausted even
+  /// after returning the cache to the backend.
+  void* allocate(size_t nbytes, cudaStream_t stream);
+  /// Returns `ptr` to the cache; false (and nothing happens) if it is not a live
+  /// block of this allocator.
+  bool free(void* ptr);
+  /// Marks `ptr` as used on `stream` too; false if it is not a live block here.
+  bool record_stream(void* ptr, Stream stream);
+  /// True if `ptr` is a live block of this allocator.
+  bool owns(void* ptr) const;
+
+  /// Waits for pending record_stream events, then frees every unused segment.
+  void empty_cache();
+  MemoryStats stats() const;
+  /// Peaks restart from the current values.
+  void reset_peak_stats();
+  /// The segments in address order, for tests and debugging.
+  std::vector<SegmentSnapshot> snapshot() const;
+
+ private:
+  struct Block;
+  // Pools order blocks by (stream, size, address): lower_bound on (stream, size)
+  // finds the best fit on that stream, and blocks of other streams are never seen.
+  struct BlockOrder {
+    bool operator()(const Block* a, const Block* b) const;
+  };
+  using Pool = std::set<Block*, BlockOrder>;
+  struct PendingEvent {
+    cudaEvent_t event;
+    int device;
+    Block* block;
+  };
+
+  Block* find_free_block(Pool& pool, cudaStream_t stream, size_t size);
+  void* alloc_segment(size_t size, size_t requested);
+  void split_block(Block* block, size_t size, Pool& pool);
+  void free_block(Block* block);
+  void process_events();
+  void synchronize_events();
+  void release_cached_segments();
+  cudaEvent_t take_event(int device);
+  std::string stats_text() const;
+  void update_peaks();
+
+  std::unique_ptr<AllocatorBackend> backend_;
+  std::string name_;
+  std::string op_;
+  mutable std::mutex mutex_;
+  Pool small_pool_;
+  Pool large_pool_;
+  std::unordered_map<void*, Block*> live_blocks_;
+  // First block of every segment, by address. Merges keep the lower block, so a
+  // segment's first block lives as long as the segment.
+  std::map<uintptr_t, Block*> segments_;
+  std::deque<PendingEvent> pending_events_;
+  std::unordered_map<int, std::vector<cudaEvent_t>> spare_events_;  // by device, for reuse
+  MemoryStats stats_;
+};
+
+}  // namespace tandem::cuda

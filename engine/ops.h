@@ -1,0 +1,9 @@
+// Every op of the engine, by family (one header and one .cpp per family in engine/ops/).
+#pragma once
+
+#include "engine/ops/elementwise.h"
+#include "engine/ops/factory.h"
+#include "engine/ops/linalg.h"
+#include "engine/ops/nn.h"
+#include "engine/ops/reduce.h"
+#include "engine/ops/shape.h"

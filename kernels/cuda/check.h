@@ -1,0 +1,40 @@
+// Error checks for CUDA, cuBLAS, cuDNN and NCCL calls: a failure throws
+// std::runtime_error with the call as written, the error text, file and line.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include <cuda_runtime.h>
+
+namespace tandem::kernels::cuda {
+
+[[noreturn]] inline void throw_cuda_error(const char* call, const char* what, int code, const char* file, int line) {
+  throw std::runtime_error(std::string(call) + " failed: " + what + " (" + std::to_string(code) + ") at " + file + ":" +
+                           std::to_string(line));
+}
+
+/// Text of a cuBLAS status (cublasGetStatusString exists only in newer releases).
+const char* cublas_status_string(int status);
+
+}  // namespace tandem::kernels::cuda
+
+#define CUDA_CHECK(call)                                                                                   \
+  do {                                                                                                     \
+    cudaError_t tandem_err_ = (call);                                                                      \
+    if (tandem_err_ != cudaSuccess)                                                                        \
+      ::tandem::kernels::cuda::throw_cuda_error(#call, cudaGetErrorString(tandem_err_),                    \
+                                                static_cast<int>(tandem_err_), __FILE__, __LINE__);        \
+  } while (0)
+
+/// After a kernel launch: catches bad launch configurations immediately.
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+#define CUBLAS_CHECK(call)                                                                                 \
+  do {                                                                                                     \
+    int tandem_status_ = static_cast<int>(call);                                                           \
+    if (tandem_status_ != 0)                                                                               \
+      ::tandem::kernels::cuda::throw_cuda_error(                                                           \
+          #call, ::tandem::kernels::cuda::cublas_status_string(tandem_status_), tandem_status_, __FILE__, \
+          __LINE__);                                                                                       \
+  } while (0)

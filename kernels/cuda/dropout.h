@@ -1,0 +1,16 @@
+// CUDA dropout with a Philox mask recomputed from (seed, offset) rather than stored;
+// the mask is bit-identical to kernels/cpu/dropout.h for the same state.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/stream.h"
+#include "kernels/dtype.h"
+
+namespace tandem::kernels::cuda {
+
+/// out_i = keep_i ? x_i·scale : 0, keep_i = philox_uniform(word i%4 of block offset + i/4) >= p.
+void dropout_apply(void* out, const void* x, DType dtype, int64_t n, double p, double scale, uint64_t seed,
+                   uint64_t offset, cudaStream_t stream);
+
+}  // namespace tandem::kernels::cuda

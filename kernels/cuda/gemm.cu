@@ -1,0 +1,192 @@
+// cuBLAS wrapper for row-major matrix products. cuBLAS is column-major, and a
+// row-major matrix is its transpose seen column-major, so row-major C = op(A)·op(B)
+// is computed as column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands and m with n,
+// keep the trans flags. Handles are per thread and per device (cuBLAS handles must not
+// be used by two threads at once) and return to a pool when their thread exits.
+#include "kernels/cuda/gemm.h"
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/common.cuh"
+
+namespace tandem::kernels::cuda {
+
+namespace {
+
+/// Handles released by exited threads, per device, for the next thread to reuse.
+/// Deliberately leaked, like PyTorch's pool: destroying handles during static
+/// destruction can run after the CUDA context is gone.
+struct HandlePool {
+  std::mutex mutex;
+  std::vector<std::vector<cublasHandle_t>> free_handles;  // [device]
+};
+
+HandlePool& handle_pool() {
+  static HandlePool* pool = new HandlePool;
+  return *pool;
+}
+
+/// This thread's handles, one per device, created on first use.
+struct ThreadHandles {
+  std::vector<cublasHandle_t> handles;  // [device], null until used
+  ~ThreadHandles() {
+    HandlePool& pool = handle_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    for (size_t d = 0; d < handles.size(); ++d) {
+      if (handles[d] == nullptr) continue;
+      if (pool.free_handles.size() <= d) pool.free_handles.resize(d + 1);
+      pool.free_handles[d].push_back(handles[d]);
+    }
+  }
+};
+
+/// The calling thread's handle for the current device, bound to `stream`.
+cublasHandle_t handle_for(cudaStream_t stream) {
+  thread_local ThreadHandles local;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const size_t d = static_cast<size_t>(device);
+  if (local.handles.size() <= d) local.handles.resize(d + 1, nullptr);
+  cublasHandle_t& handle = local.handles[d];
+  if (handle == nullptr) {
+    {
+      HandlePool& pool = handle_pool();
+      std::lock_guard<std::mutex> lock(pool.mutex);
+      if (pool.free_handles.size() > d && !pool.free_handles[d].empty()) {
+        handle = pool.free_handles[d].back();
+        pool.free_handles[d].pop_back();
+      }
+    }
+    if (handle == nullptr) {
+      CUBLAS_CHECK(cublasCreate(&handle));
+      // Plain FP32 for f32 (no TF32), so GPU results stay comparable with the CPU's.
+      CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+    }
+  }
+  // Set on every call: the same handle serves whichever stream is current, and
+  // cublasSetStream also puts the handle back on cuBLAS's default workspace.
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
+  return handle;
+}
+
+cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+cudaDataType_t cuda_data_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF16: return CUDA_R_16F;
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kF32: return CUDA_R_32F;
+    case DType::kF64: return CUDA_R_64F;
+    default: unreachable_dtype("gemm", dtype);
+  }
+}
+
+template <class Word>
+__global__ void broadcast_rows_kernel(Word* __restrict__ out, const Word* __restrict__ row, int64_t rows,
+                                      int64_t cols) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = row[i % cols];
+  }
+}
+
+}  // namespace
+
+void gemm_strided_batched(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                          const void* a, int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
+                          bool accumulate, void* c, int64_t ldc, int64_t stride_c, int64_t batch,
+                          cudaStream_t stream) {
+  if (m == 0 || n == 0 || batch == 0) return;
+  const size_t elem = dtype_size(dtype);
+  if (k == 0) {  // an empty sum; cuBLAS would only scale C by beta, which may read poison
+    if (!accumulate) {
+      for (int64_t i = 0; i < batch; ++i) {
+        CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(c) + i * stride_c * elem, ldc * elem, 0, n * elem, m, stream));
+      }
+    }
+    return;
+  }
+  cublasHandle_t handle = handle_for(stream);
+  // Row-major C = op(A)·op(B)  <=>  column-major Cᵀ = op(B)ᵀ·op(A)ᵀ (see the top of the file).
+  const cublasOperation_t op_first = op(trans_b);
+  const cublasOperation_t op_second = op(trans_a);
+  switch (dtype) {
+    case DType::kF32: {
+      const float alpha32 = static_cast<float>(alpha), beta32 = accumulate ? 1.0f : 0.0f;
+      const auto* a32 = static_cast<const float*>(a);
+      const auto* b32 = static_cast<const float*>(b);
+      auto* c32 = static_cast<float*>(c);
+      if (batch == 1) {
+        CUBLAS_CHECK(cublasSgemm_64(handle, op_first, op_second, n, m, k, &alpha32, b32, ldb, a32, lda, &beta32, c32,
+                                    ldc));
+      } else {
+        CUBLAS_CHECK(cublasSgemmStridedBatched_64(handle, op_first, op_second, n, m, k, &alpha32, b32, ldb, stride_b,
+                                                  a32, lda, stride_a, &beta32, c32, ldc, stride_c, batch));
+      }
+      return;
+    }
+    case DType::kF64: {
+      const double beta64 = accumulate ? 1.0 : 0.0;
+      const auto* a64 = static_cast<const double*>(a);
+      const auto* b64 = static_cast<const double*>(b);
+      auto* c64 = static_cast<double*>(c);
+      if (batch == 1) {
+        CUBLAS_CHECK(cublasDgemm_64(handle, op_first, op_second, n, m, k, &alpha, b64, ldb, a64, lda, &beta64, c64,
+                                    ldc));
+      } else {
+        CUBLAS_CHECK(cublasDgemmStridedBatched_64(handle, op_first, op_second, n, m, k, &alpha, b64, ldb, stride_b,
+                                                  a64, lda, stride_a, &beta64, c64, ldc, stride_c, batch));
+      }
+      return;
+    }
+    case DType::kF16:
+    case DType::kBF16: {
+      // Half-precision storage, f32 accumulation (tensor cores), one rounding at the end.
+      const float alpha32 = static_cast<float>(alpha), beta32 = accumulate ? 1.0f : 0.0f;
+      const cudaDataType_t type = cuda_data_type(dtype);
+      if (batch == 1) {
+        CUBLAS_CHECK(cublasGemmEx_64(handle, op_first, op_second, n, m, k, &alpha32, b, type, ldb, a, type, lda,
+                                     &beta32, c, type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      } else {
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(handle, op_first, op_second, n, m, k, &alpha32, b, type, ldb,
+                                                   stride_b, a, type, lda, stride_a, &beta32, c, type, ldc, stride_c,
+                                                   batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      }
+      return;
+    }
+    default: unreachable_dtype("gemm", dtype);
+  }
+}
+
+void gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const void* a,
+          int64_t lda, const void* b, int64_t ldb, bool accumulate, void* c, int64_t ldc, cudaStream_t stream) {
+  gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, accumulate, c, ldc, 0, 1,
+                       stream);
+}
+
+void broadcast_rows(DType dtype, void* out, const void* row, int64_t rows, int64_t cols, cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  if (n == 0) return;
+  auto launch = [&](auto word) {
+    using Word = decltype(word);
+    broadcast_rows_kernel<Word><<<grid_for(n), kBlockSize, 0, stream>>>(static_cast<Word*>(out),
+                                                                         static_cast<const Word*>(row), rows, cols);
+    CUDA_CHECK_LAUNCH();
+  };
+  switch (dtype_size(dtype)) {
+    case 1: launch(uint8_t{}); break;
+    case 2: launch(uint16_t{}); break;
+    case 4: launch(uint32_t{}); break;
+    case 8: launch(uint64_t{}); break;
+    default: unreachable_dtype("broadcast_rows", dtype);
+  }
+}
+
+}  // namespace tandem::kernels::cuda

@@ -1,0 +1,10 @@
+// Flatten layer over the flatten shape op.
+#include "layers/flatten.h"
+
+#include "engine/ops/shape.h"
+
+namespace tandem::nn {
+
+Tensor Flatten::forward(const Tensor& input) { return flatten(input, start_dim_, end_dim_); }
+
+}  // namespace tandem::nn

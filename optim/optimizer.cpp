@@ -1,0 +1,144 @@
+// Optimizer base: groups, zero_grad, and state dict save/restore with errors that
+// list every problem at once.
+#include "optim/optimizer.h"
+
+#include <set>
+#include <stdexcept>
+
+#include "engine/autograd.h"
+
+namespace tandem::optim {
+
+void Optimizer::zero_grad(bool set_to_none) {
+  for (ParamGroup& group : groups_) {
+    for (Tensor& p : group.params) {
+      Tensor g = p.grad();
+      if (!g.defined()) continue;
+      if (set_to_none) {
+        p.set_grad(Tensor());
+      } else {
+        g.zero_();
+      }
+    }
+  }
+}
+
+double Optimizer::lr() const {
+  if (groups_.empty()) throw std::logic_error("[Optimizer::lr] expected at least one parameter group, got none");
+  return groups_.front().lr.value();
+}
+
+void Optimizer::set_lr(double lr) {
+  for (ParamGroup& group : groups_) group.lr = lr;
+}
+
+void Optimizer::add_param_group(ParamGroup group) {
+  if (!group.lr) group.lr = default_lr_;
+  if (!group.weight_decay) group.weight_decay = default_weight_decay_;
+  if (*group.lr < 0.0) throw std::invalid_argument("[Optimizer] expected lr >= 0, got " + std::to_string(*group.lr));
+  if (*group.weight_decay < 0.0) {
+    throw std::invalid_argument("[Optimizer] expected weight_decay >= 0, got " + std::to_string(*group.weight_decay));
+  }
+  for (size_t i = 0; i < group.params.size(); ++i) {
+    if (!group.params[i].defined()) {
+      throw std::invalid_argument("[Optimizer] expected defined parameters, got an undefined tensor at index " +
+                                  std::to_string(i) + " of group " + std::to_string(groups_.size()));
+    }
+  }
+  groups_.push_back(std::move(group));
+}
+
+size_t Optimizer::flat_index(size_t g, size_t p) const {
+  size_t index = p;
+  for (size_t i = 0; i < g; ++i) index += groups_[i].params.size();
+  return index;
+}
+
+std::vector<Tensor>& Optimizer::state(const std::string& kind) {
+  size_t total = flat_index(groups_.size(), 0);
+  std::vector<Tensor>& slots = state_[kind];
+  if (slots.size() < total) slots.resize(total);
+  return slots;
+}
+
+OptimizerState Optimizer::state_dict() const {
+  OptimizerState out;
+  for (const auto& [kind, slots] : state_) {
+    for (size_t i = 0; i < slots.size(); ++i) {
+      if (slots[i].defined()) out.tensors[kind + "." + std::to_string(i)] = slots[i].detach();
+    }
+  }
+  out.scalars["step_count"] = static_cast<double>(step_count_);
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    out.scalars["param_groups." + std::to_string(g) + ".lr"] = groups_[g].lr.value();
+    out.scalars["param_groups." + std::to_string(g) + ".weight_decay"] = groups_[g].weight_decay.value();
+  }
+  return out;
+}
+
+void Optimizer::load_state_dict(const OptimizerState& saved) {
+  std::vector<std::string> problems;
+  std::vector<Tensor> params;
+  for (const ParamGroup& group : groups_) params.insert(params.end(), group.params.begin(), group.params.end());
+
+  // Check everything first, so a failed load leaves the optimizer untouched.
+  std::set<std::string> known;
+  for (const std::string& kind : state_kinds()) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      std::string key = kind + "." + std::to_string(i);
+      auto it = saved.tensors.find(key);
+      if (it == saved.tensors.end()) continue;  // never stepped: no state yet
+      known.insert(key);
+      if (!it->second.defined() || it->second.shape() != params[i].shape()) {
+        problems.push_back("tensor " + key + ": expected shape " + shape_str(params[i].shape()) + ", got " +
+                           (it->second.defined() ? shape_str(it->second.shape()) : std::string("undefined")));
+      }
+    }
+  }
+  for (const auto& [key, tensor] : saved.tensors) {
+    if (!known.count(key)) problems.push_back("unexpected tensor " + key);
+  }
+  std::set<std::string> known_scalars{"step_count"};
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    for (const char* field : {".lr", ".weight_decay"}) {
+      std::string key = "param_groups." + std::to_string(g) + field;
+      known_scalars.insert(key);
+      if (!saved.scalars.count(key)) problems.push_back("missing scalar " + key);
+    }
+  }
+  if (!saved.scalars.count("step_count")) problems.push_back("missing scalar step_count");
+  for (const auto& [key, value] : saved.scalars) {
+    if (!known_scalars.count(key)) problems.push_back("unexpected scalar " + key);
+  }
+  if (!problems.empty()) {
+    std::string msg = "[Optimizer::load_state_dict] state does not match this optimizer (" +
+                      std::to_string(groups_.size()) + " groups, " + std::to_string(params.size()) +
+                      " parameters): ";
+    for (size_t i = 0; i < problems.size(); ++i) {
+      if (i) msg += "; ";
+      msg += problems[i];
+    }
+    throw std::invalid_argument(msg);
+  }
+
+  autograd::NoGradGuard no_grad;
+  state_.clear();
+  for (const std::string& kind : state_kinds()) {
+    std::vector<Tensor>& slots = state(kind);
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto it = saved.tensors.find(kind + "." + std::to_string(i));
+      if (it == saved.tensors.end()) continue;
+      // A private copy in the parameter's dtype and on its device.
+      Tensor t = Tensor::empty(params[i].shape(), {.dtype = params[i].dtype(), .device = params[i].device()});
+      t.copy_(it->second);
+      slots[i] = t;
+    }
+  }
+  step_count_ = static_cast<int64_t>(saved.scalars.at("step_count"));
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    groups_[g].lr = saved.scalars.at("param_groups." + std::to_string(g) + ".lr");
+    groups_[g].weight_decay = saved.scalars.at("param_groups." + std::to_string(g) + ".weight_decay");
+  }
+}
+
+}  // namespace tandem::optim

@@ -1,0 +1,78 @@
+// Optimizer base: parameter groups (each with its own lr and weight decay),
+// zero_grad, and a state dict of named tensors and scalars for checkpoints.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace tandem::optim {
+
+/// Parameters that share hyperparameters. Unset fields take the optimizer's defaults.
+struct ParamGroup {
+  std::vector<Tensor> params;
+  std::optional<double> lr;
+  std::optional<double> weight_decay;
+};
+
+/// An optimizer's state as data: tensors by name (momentum buffers, ...) and scalars
+/// (step counts, per-group lr, ...). Names are stable across runs with the same parameters.
+struct OptimizerState {
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, double> scalars;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  /// Applies one update to every parameter that has a gradient.
+  virtual void step() = 0;
+  /// Drops every parameter's gradient (set_to_none) or fills it with zeros.
+  void zero_grad(bool set_to_none = true);
+
+  /// Learning rate of the first group.
+  double lr() const;
+  /// Sets the learning rate of every group (what LR schedules call).
+  void set_lr(double lr);
+  std::vector<ParamGroup>& param_groups() { return groups_; }
+  const std::vector<ParamGroup>& param_groups() const { return groups_; }
+  /// Adds a group; its unset hyperparameters take the optimizer's defaults.
+  void add_param_group(ParamGroup group);
+  /// Number of step() calls so far.
+  int64_t step_count() const { return step_count_; }
+
+  /// Per-parameter state keyed "<kind>.<i>" with i the parameter's index over all
+  /// groups in order, plus scalars "step_count" and "param_groups.<g>.lr" / ".weight_decay".
+  virtual OptimizerState state_dict() const;
+  /// Restores state_dict() output of an optimizer over parameters of the same shapes.
+  /// Throws std::invalid_argument listing every missing or mis-shaped entry.
+  virtual void load_state_dict(const OptimizerState& state);
+
+ protected:
+  Optimizer(double default_lr, double default_weight_decay)
+      : default_lr_(default_lr), default_weight_decay_(default_weight_decay) {}
+
+  /// Per-parameter state tensors of kind `kind` (e.g. "momentum_buffer"), one slot per
+  /// parameter over all groups; undefined until first used.
+  std::vector<Tensor>& state(const std::string& kind);
+  /// Index of parameter p of group g over all groups.
+  size_t flat_index(size_t g, size_t p) const;
+  /// Names of the per-parameter state kinds this optimizer keeps (for load_state_dict).
+  virtual std::vector<std::string> state_kinds() const = 0;
+
+  std::vector<ParamGroup> groups_;
+  int64_t step_count_ = 0;
+
+ private:
+  double default_lr_;
+  double default_weight_decay_;
+  std::map<std::string, std::vector<Tensor>> state_;
+};
+
+}  // namespace tandem::optim

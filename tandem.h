@@ -1,0 +1,32 @@
+// Tandem's public API in one include: tensors, autograd and ops (engine/), layers
+// and models (layers/), optimizers (optim/), data sets and loaders (data/), and
+// training-loop helpers (train/).
+#pragma once
+
+#include "engine/autograd.h"
+#include "engine/cuda/runtime.h"
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "engine/tensor.h"
+#include "tandem/config.h"
+
+#include "layers/activation.h"
+#include "layers/dropout.h"
+#include "layers/embedding.h"
+#include "layers/flatten.h"
+#include "layers/linear.h"
+#include "layers/models/mlp.h"
+#include "layers/module.h"
+#include "layers/sequential.h"
+
+#include "optim/optimizer.h"
+#include "optim/sgd.h"
+
+#include "data/dataloader.h"
+#include "data/dataset.h"
+#include "data/fashion_mnist.h"
+#include "data/idx.h"
+#include "data/sampler.h"
+
+#include "train/metrics.h"
+#include "train/progress.h"

@@ -1,0 +1,182 @@
+// CUDA parity for matrix products, shape ops and embedding: every op and every
+// backward on the GPU against the CPU path, on random data with outputs poisoned.
+// Skips with the reason when no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <vector>
+
+#include "test_util.h"
+
+namespace tandem {
+namespace {
+
+using testing::all_close;
+using testing::random_tensor;
+
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+class CudaLinalg : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    TANDEM_REQUIRE_CUDA();
+    set_poison_allocations(true);
+  }
+  void TearDown() override { set_poison_allocations(false); }
+};
+
+struct Tolerance {
+  double atol;
+  double rtol;
+};
+
+Tolerance tolerance_for(DType dt) {
+  switch (dt) {
+    case DType::kF64: return {1e-12, 1e-10};
+    case DType::kF32: return {1e-5, 1e-4};
+    case DType::kF16: return {2e-2, 1e-2};
+    default: return {5e-2, 3e-2};  // bf16
+  }
+}
+
+/// Runs fn on CPU inputs and on copies on cuda:0, then backward with the same random
+/// output gradient on both, and compares the outputs and every input gradient.
+void expect_parity(const Fn& fn, const std::vector<Shape>& shapes, DType dt, uint64_t seed) {
+  std::vector<Tensor> cpu_in, gpu_in;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    Tensor c = random_tensor(shapes[i], seed + i, dt);
+    Tensor g = c.to(Device::cuda());
+    c.set_requires_grad(true);
+    g.set_requires_grad(true);
+    cpu_in.push_back(c);
+    gpu_in.push_back(g);
+  }
+  Tensor y_cpu = fn(cpu_in), y_gpu = fn(gpu_in);
+  ASSERT_TRUE(y_gpu.is_cuda());
+  const Tolerance tol = tolerance_for(dt);
+  EXPECT_TRUE(all_close(y_gpu.cpu(), y_cpu, tol.atol, tol.rtol)) << "forward, dtype " << dtype_name(dt);
+  Tensor dy = random_tensor(y_cpu.shape(), seed + 100, dt);
+  y_cpu.backward(dy);
+  y_gpu.backward(dy.to(Device::cuda()));
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    ASSERT_TRUE(gpu_in[i].grad().defined()) << "input " << i;
+    EXPECT_TRUE(all_close(gpu_in[i].grad().cpu(), cpu_in[i].grad(), tol.atol, tol.rtol))
+        << "gradient of input " << i << ", dtype " << dtype_name(dt);
+  }
+}
+
+const DType kFloatTypes[] = {DType::kF32, DType::kF64, DType::kF16, DType::kBF16};
+
+// ---- matrix products -------------------------------------------------------------------
+
+TEST_F(CudaLinalg, Matmul2D) {
+  for (DType dt : kFloatTypes)
+    expect_parity([](const std::vector<Tensor>& t) { return matmul(t[0], t[1]); }, {{17, 33}, {33, 9}}, dt, 1);
+}
+
+TEST_F(CudaLinalg, MatmulBatched) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return matmul(t[0], t[1]); }, {{3, 8, 5}, {3, 5, 7}}, dt, 2);
+    expect_parity([](const std::vector<Tensor>& t) { return bmm(t[0], t[1]); }, {{4, 6, 16}, {4, 16, 3}}, dt, 3);
+  }
+}
+
+TEST_F(CudaLinalg, Matmul3DTimes2D) {
+  for (DType dt : kFloatTypes)
+    expect_parity([](const std::vector<Tensor>& t) { return matmul(t[0], t[1]); }, {{2, 5, 8}, {8, 6}}, dt, 4);
+}
+
+TEST_F(CudaLinalg, LinearWithAndWithoutBias) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }, {{9, 12}, {5, 12}, {5}},
+                  dt, 5);
+    expect_parity([](const std::vector<Tensor>& t) { return linear(t[0], t[1]); }, {{9, 12}, {5, 12}}, dt, 6);
+    expect_parity([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
+                  {{2, 3, 12}, {5, 12}, {5}}, dt, 7);
+  }
+}
+
+TEST_F(CudaLinalg, LinearMlpSizedIsFullFp32) {
+  // No TF32: a 784-deep f32 product must stay within f32 accumulation error.
+  expect_parity([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
+                {{128, 784}, {256, 784}, {256}}, DType::kF32, 8);
+}
+
+TEST_F(CudaLinalg, EmptyInnerDimGivesZeros) {
+  Tensor a = Tensor::empty({3, 0}, {.device = Device::cuda()}), b = Tensor::empty({0, 4}, {.device = Device::cuda()});
+  EXPECT_TRUE(all_close(matmul(a, b).cpu(), zeros({3, 4})));
+}
+
+// ---- shape ops -------------------------------------------------------------------------
+
+TEST_F(CudaLinalg, ViewOps) {
+  expect_parity([](const std::vector<Tensor>& t) { return reshape(t[0], {6, -1}) * 2.0; }, {{2, 3, 4}}, DType::kF32,
+                10);
+  expect_parity([](const std::vector<Tensor>& t) { return squeeze(unsqueeze(flatten(t[0], 1), 0), 0) * 2.0; },
+                {{2, 3, 4}}, DType::kF32, 11);
+}
+
+TEST_F(CudaLinalg, TransposeAndPermute) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return transpose(t[0], 0, 1); }, {{33, 65}}, dt, 12);
+    expect_parity([](const std::vector<Tensor>& t) { return permute(t[0], {2, 0, 3, 1}); }, {{2, 3, 5, 7}}, dt, 13);
+    expect_parity([](const std::vector<Tensor>& t) { return permute(t[0], {0, 2, 3, 1}); }, {{2, 3, 1, 7}}, dt, 14);
+  }
+  Tensor i = arange(24).reshape({2, 3, 4});
+  EXPECT_EQ(permute(i.to(Device::cuda()), {2, 1, 0}).cpu().to_vector<int64_t>(),
+            permute(i, {2, 1, 0}).to_vector<int64_t>());
+}
+
+TEST_F(CudaLinalg, Narrow) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return narrow(t[0], 0, 2, 3) * 1.0; }, {{6, 5}}, dt, 15);
+    expect_parity([](const std::vector<Tensor>& t) { return narrow(t[0], 1, 1, 3); }, {{4, 6, 5}}, dt, 16);
+    expect_parity([](const std::vector<Tensor>& t) { return narrow(t[0], 2, 3, 1); }, {{4, 3, 5}}, dt, 17);
+  }
+}
+
+TEST_F(CudaLinalg, CatAndChunk) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return cat({t[0], t[1], t[2]}, 1); },
+                  {{3, 2, 4}, {3, 5, 4}, {3, 1, 4}}, dt, 18);
+    expect_parity([](const std::vector<Tensor>& t) { return cat({t[0], t[1]}, 0); }, {{2, 8}, {3, 8}}, dt, 19);
+    expect_parity(
+        [](const std::vector<Tensor>& t) {
+          std::vector<Tensor> p = chunk(t[0], 3, 1);
+          return cat({p[2], p[0] * 2.0, p[1]}, 1);
+        },
+        {{3, 7}}, dt, 20);
+  }
+}
+
+// ---- embedding -------------------------------------------------------------------------------
+
+TEST_F(CudaLinalg, EmbeddingForwardAndBackward) {
+  Tensor idx = Tensor::from_vector(std::vector<int64_t>{4, 0, 4, 7, 4, 2, 9, 0}, {2, 4});
+  Tensor idx_gpu = idx.to(Device::cuda());
+  for (DType dt : kFloatTypes) {
+    for (int64_t padding : {int64_t{-1}, int64_t{4}}) {
+      Tensor w = random_tensor({10, 6}, 21, dt);
+      Tensor wg = w.to(Device::cuda());
+      w.set_requires_grad(true);
+      wg.set_requires_grad(true);
+      Tensor y = embedding(w, idx, padding), yg = embedding(wg, idx_gpu, padding);
+      EXPECT_TRUE(all_close(yg.cpu(), y, 0.0, 0.0)) << dtype_name(dt);  // a gather is exact
+      Tensor dy = random_tensor(y.shape(), 22, dt);
+      y.backward(dy);
+      yg.backward(dy.to(Device::cuda()));
+      const Tolerance tol = tolerance_for(dt);
+      EXPECT_TRUE(all_close(wg.grad().cpu(), w.grad(), tol.atol, tol.rtol)) << dtype_name(dt);
+    }
+  }
+}
+
+TEST_F(CudaLinalg, EmbeddingOutOfRangeIsAZeroRowOnCuda) {
+  Tensor w = random_tensor({4, 3}, 23, DType::kF32, Device::cuda());
+  Tensor idx = Tensor::from_vector(std::vector<int64_t>{1, 17, -3}, {3}, Device::cuda());
+  std::vector<double> y = embedding(w, idx).cpu().to_vector<double>();
+  for (int j = 3; j < 9; ++j) EXPECT_EQ(y[j], 0.0);
+}
+
+}  // namespace
+}  // namespace tandem

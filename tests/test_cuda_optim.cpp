@@ -1,0 +1,163 @@
+// GPU tests of optim/: the fused multi-tensor SGD launch against the CPU kernel
+// (f32 and f64, many tensors, multi-chunk and oversized tensors), its launch plan,
+// device-mismatch errors; plus the DataLoader's pinned, asynchronous copies to CUDA.
+#include <memory>
+#include <stdexcept>
+
+#include "data/dataloader.h"
+#include "engine/ops.h"
+#include "kernels/cuda/sgd.h"
+#include "optim/sgd.h"
+#include "tandem/config.h"
+#include "test_util.h"
+
+using namespace tandem;
+using tandem::testing::all_close;
+using tandem::testing::random_tensor;
+
+namespace {
+
+/// Runs `steps` SGD steps on CPU and CUDA copies of the same random parameters and
+/// gradients and compares parameters and momentum buffers after every step.
+void compare_cpu_cuda(const std::vector<Shape>& shapes, DType dtype, const optim::SGDOptions& o, int steps,
+                      double atol, double rtol) {
+  set_poison_allocations(true);
+  std::vector<Tensor> cpu_params, gpu_params;
+  uint64_t seed = 100;
+  for (const Shape& s : shapes) {
+    Tensor p = random_tensor(s, seed++, dtype);
+    cpu_params.push_back(p.clone().detach().set_requires_grad(true));
+    gpu_params.push_back(p.to(Device::cuda()).detach().set_requires_grad(true));
+  }
+  optim::SGD cpu_opt(cpu_params, o);
+  optim::SGD gpu_opt(gpu_params, o);
+  for (int k = 0; k < steps; ++k) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      // Leave one parameter without a gradient on the first step: it must be skipped.
+      if (k == 0 && i == 1) continue;
+      Tensor g = random_tensor(shapes[i], 1000 * (k + 1) + i, dtype);
+      cpu_params[i].set_grad(g);
+      gpu_params[i].set_grad(g.to(Device::cuda()));
+    }
+    cpu_opt.step();
+    gpu_opt.step();
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      ASSERT_TRUE(all_close(gpu_params[i].cpu(), cpu_params[i], atol, rtol)) << "step " << k << " tensor " << i;
+    }
+  }
+  auto cpu_state = cpu_opt.state_dict(), gpu_state = gpu_opt.state_dict();
+  ASSERT_EQ(cpu_state.tensors.size(), gpu_state.tensors.size());
+  for (auto& [name, t] : cpu_state.tensors) {
+    EXPECT_TRUE(all_close(gpu_state.tensors.at(name).cpu(), t, atol, rtol)) << name;
+  }
+  set_poison_allocations(false);
+}
+
+}  // namespace
+
+TEST(CudaSGD, MatchesCpuF32AndF64) {
+  TANDEM_REQUIRE_CUDA();
+  std::vector<Shape> shapes{{7}, {33, 5}, {65536 * 3 + 11}, {1}, {256, 784}};
+  for (bool nesterov : {false, true}) {
+    optim::SGDOptions o{.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4, .nesterov = nesterov};
+    compare_cpu_cuda(shapes, DType::kF64, o, 3, 1e-13, 1e-12);
+    compare_cpu_cuda(shapes, DType::kF32, o, 3, 1e-6, 1e-5);
+  }
+  compare_cpu_cuda(shapes, DType::kF32, {.lr = 0.1}, 2, 1e-6, 1e-5);
+  compare_cpu_cuda(shapes, DType::kF32, {.lr = 0.1, .momentum = 0.5, .dampening = 0.3}, 3, 1e-6, 1e-5);
+}
+
+TEST(CudaSGD, ManyTensorsAndOversizedTensor) {
+  TANDEM_REQUIRE_CUDA();
+  // 100 tensors (more than one argument struct holds) and one tensor of more chunks
+  // than one launch's block map, so a tensor continues into the next launch.
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 100; ++i) shapes.push_back({(i * 37) % 500 + 1});
+  shapes.push_back({int64_t(kernels::cuda::kSGDMaxBlocks + 10) * kernels::cuda::kSGDChunkSize + 5});
+  compare_cpu_cuda(shapes, DType::kF32, {.lr = 0.01, .momentum = 0.9, .weight_decay = 1e-4}, 2, 1e-6, 1e-5);
+}
+
+TEST(CudaSGD, ParamGroupsWithDifferentLrShareALaunch) {
+  TANDEM_REQUIRE_CUDA();
+  Tensor a = random_tensor({100}, 1, DType::kF32, Device::cuda()).set_requires_grad(true);
+  Tensor b = random_tensor({100}, 2, DType::kF32, Device::cuda()).set_requires_grad(true);
+  Tensor a0 = a.cpu(), b0 = b.cpu();
+  Tensor g = random_tensor({100}, 3, DType::kF32, Device::cuda());
+  a.set_grad(g);
+  b.set_grad(g);
+  optim::SGD opt(std::vector<optim::ParamGroup>{{.params = {a}, .lr = 0.1, .weight_decay = std::nullopt},
+                                                {.params = {b}, .lr = 0.3, .weight_decay = 0.01}},
+                 {.lr = 1.0});
+  opt.step();
+  Tensor gc = g.cpu();
+  EXPECT_TRUE(all_close(a.cpu(), a0 - 0.1 * gc, 1e-6, 1e-5));
+  EXPECT_TRUE(all_close(b.cpu(), b0 - 0.3 * (gc + 0.01 * b0), 1e-6, 1e-5));
+}
+
+TEST(CudaSGD, GradientOnAnotherDeviceIsNamed) {
+  TANDEM_REQUIRE_CUDA();
+  Tensor p = random_tensor({4}, 1, DType::kF32, Device::cuda()).set_requires_grad(true);
+  optim::SGD opt({p}, {.lr = 0.1});
+  try {
+    // Either set_grad or step may refuse; both must name the two devices.
+    p.set_grad(random_tensor({4}, 2, DType::kF32));
+    opt.step();
+    FAIL() << "expected a device mismatch error";
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("cuda:0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cpu"), std::string::npos) << msg;
+  }
+}
+
+TEST(CudaSGD, LaunchPlan) {
+#if TANDEM_CUDA
+  // Host-side packing only: runs without a GPU in a CUDA build.
+  using kernels::cuda::SGDTensorRef;
+  using kernels::cuda::kSGDChunkSize;
+  using kernels::cuda::sgd_multi_tensor_launches;
+  auto refs = [](std::vector<int64_t> sizes) {
+    std::vector<SGDTensorRef> out;
+    for (int64_t n : sizes) out.push_back({.numel = n});
+    return out;
+  };
+  auto launches = [](const std::vector<SGDTensorRef>& r) {
+    return sgd_multi_tensor_launches(r.data(), static_cast<int64_t>(r.size()));
+  };
+  EXPECT_EQ(launches(refs({})), 0);
+  EXPECT_EQ(launches(refs({0, 0})), 0);
+  EXPECT_EQ(launches(refs({10, 20, 30})), 1);  // an MLP's four tensors: one launch
+  EXPECT_EQ(launches(refs(std::vector<int64_t>(48, 5))), 1);
+  EXPECT_EQ(launches(refs(std::vector<int64_t>(49, 5))), 2);
+  EXPECT_EQ(launches(refs(std::vector<int64_t>(96, 5))), 2);
+  EXPECT_EQ(launches(refs({320 * kSGDChunkSize})), 1);
+  EXPECT_EQ(launches(refs({320 * kSGDChunkSize + 1})), 2);
+  EXPECT_EQ(launches(refs({200 * kSGDChunkSize, 200 * kSGDChunkSize})), 2);
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+// The DataLoader's CUDA path lives here, with the other GPU tests of this area's owner.
+TEST(CudaDataLoader, DeliversBatchesOnTheDevice) {
+  TANDEM_REQUIRE_CUDA();
+  const int64_t n = 50;
+  Tensor x = random_tensor({n, 3, 4}, 7, DType::kF32);
+  std::vector<int64_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = i;
+  auto ds = std::make_shared<data::TensorDataset>(x, Tensor::from_vector(labels, {n}));
+  data::DataLoader cpu_loader(ds, {.batch_size = 8, .seed = 3});
+  data::DataLoader gpu_loader(ds, {.batch_size = 8, .seed = 3, .device = Device::cuda()});
+  std::vector<data::Batch> want;
+  for (data::Batch& b : cpu_loader) want.push_back(b);
+  size_t k = 0;
+  for (data::Batch& b : gpu_loader) {
+    ASSERT_LT(k, want.size());
+    EXPECT_TRUE(b.input.is_cuda());
+    EXPECT_TRUE(b.target.is_cuda());
+    EXPECT_TRUE(all_close(b.input.cpu(), want[k].input, 0, 0));
+    EXPECT_EQ(b.target.cpu().to_vector<int64_t>(), want[k].target.to_vector<int64_t>());
+    ++k;
+  }
+  EXPECT_EQ(k, want.size());
+}
