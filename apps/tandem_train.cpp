@@ -29,6 +29,28 @@ struct Config {
   int64_t log_every = 100;
 };
 
+// A validator that parses the value as a number and checks it with `ok`,
+// saying what was expected and what was got.
+CLI::Validator number_check(const std::string& expected, bool (*ok)(double)) {
+  return CLI::Validator(
+      [expected, ok](std::string& text) -> std::string {
+        size_t used = 0;
+        double v = 0;
+        try {
+          v = std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != text.size()) return "expected a number, got \"" + text + "\"";
+        if (!ok(v)) return "expected " + expected + ", got " + text;
+        return std::string();
+      },
+      expected);
+}
+const CLI::Validator kPositive = number_check("a value > 0", [](double v) { return v > 0; });
+const CLI::Validator kNonNegative = number_check("a value >= 0", [](double v) { return v >= 0; });
+const CLI::Validator kUnitInterval = number_check("a value in [0, 1)", [](double v) { return v >= 0 && v < 1; });
+
 [[noreturn]] void fail(const std::string& message, int status = 2) {
   std::fprintf(stderr, "tandem-train: error: %s\n", message.c_str());
   std::exit(status);
@@ -73,17 +95,17 @@ int main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"Train a model on Fashion-MNIST with Tandem."};
   app.add_option("--model", cfg.model, "Model to train")->check(CLI::IsMember({"mlp"}))->capture_default_str();
-  app.add_option("--epochs", cfg.epochs, "Epochs")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--batch-size", cfg.batch_size, "Samples per batch")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", cfg.lr, "Learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--momentum", cfg.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999999))->capture_default_str();
-  app.add_option("--weight-decay", cfg.weight_decay, "L2 weight decay")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--epochs", cfg.epochs, "Epochs")->check(kPositive)->capture_default_str();
+  app.add_option("--batch-size", cfg.batch_size, "Samples per batch")->check(kPositive)->capture_default_str();
+  app.add_option("--lr", cfg.lr, "Learning rate")->check(kPositive)->capture_default_str();
+  app.add_option("--momentum", cfg.momentum, "SGD momentum")->check(kUnitInterval)->capture_default_str();
+  app.add_option("--weight-decay", cfg.weight_decay, "L2 weight decay")->check(kNonNegative)->capture_default_str();
   app.add_option("--device", cfg.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--seed", cfg.seed, "Seed for initialisation and shuffling")->capture_default_str();
   app.add_option("--data", cfg.data, "Directory holding the Fashion-MNIST IDX files")->capture_default_str();
   app.add_option("--metrics", cfg.metrics, "Write per-epoch metrics to this JSON Lines file");
   app.add_option("--log-every", cfg.log_every, "Steps between log lines when not on a terminal")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   try {
     app.parse(argc, argv);

@@ -5,6 +5,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "engine/cuda/runtime.h"
 #include "engine/tensor.h"
 #include "kernels/cuda/stream.h"
 #include "tandem/config.h"
@@ -37,9 +38,10 @@ int64_t normalize_dim(const char* op, int64_t dim, int64_t ndim);
 /// "[op] " prefix helper for building messages.
 std::string op_prefix(const char* op);
 
-/// Runs `cpu` for a CPU device and `cuda` for a CUDA device. In a build without
-/// CUDA the CUDA branch is a discarded statement (never instantiated, its kernels
-/// never linked) and a CUDA device throws. `cuda` must be a generic lambda,
+/// Runs `cpu` for a CPU device and `cuda` for a CUDA device, with that device made
+/// current (kernels launch on the current device). In a build without CUDA the
+/// CUDA branch is a discarded statement (never instantiated, its kernels never
+/// linked) and a CUDA device throws. `cuda` must be a generic lambda,
 /// `[&](auto) { ... }`, so that it is a template that is only instantiated here.
 template <class CpuFn, class CudaFn>
 void dispatch_device(const char* op, Device device, CpuFn&& cpu, CudaFn&& cuda) {
@@ -47,6 +49,7 @@ void dispatch_device(const char* op, Device device, CpuFn&& cpu, CudaFn&& cuda) 
     cpu();
   } else {
     if constexpr (kBuiltWithCuda) {
+      cuda::DeviceGuard guard(device.index);
       cuda(0);
     } else {
       (void)cuda;

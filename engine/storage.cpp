@@ -3,6 +3,7 @@
 #include "engine/storage.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -68,7 +69,13 @@ Storage::Storage(void* data, size_t nbytes, Device device, Deleter deleter)
     : data_(data), nbytes_(nbytes), device_(device), deleter_(std::move(deleter)) {}
 
 Storage::~Storage() {
-  if (deleter_ && data_) deleter_(data_);
+  // A destructor cannot throw; a failing free (a CUDA error from earlier async
+  // work, typically) is reported once here rather than ending the process.
+  try {
+    if (deleter_ && data_) deleter_(data_);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tandem: freeing %zu bytes on %s failed: %s\n", nbytes_, device_.str().c_str(), e.what());
+  }
 }
 
 HostMemoryStats host_memory_stats() {

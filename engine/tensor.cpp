@@ -48,7 +48,7 @@ void check_shape(const Shape& shape) {
 // into host memory waits for completion unless the caller asked not to and the
 // destination is pinned.
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes, bool non_blocking,
-                bool dst_pinned, const std::shared_ptr<Storage>& src_storage) {
+                const std::shared_ptr<Storage>& dst_storage, const std::shared_ptr<Storage>& src_storage) {
   if (nbytes == 0) return;
   if (dst_dev.is_cpu() && src_dev.is_cpu()) {
     std::memmove(dst, src, nbytes);
@@ -57,8 +57,10 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
   int index = dst_dev.is_cuda() ? dst_dev.index : src_dev.index;
   cuda::Stream stream = cuda::current_stream(index);
   cuda::memcpy_async(dst, src, nbytes, stream);
+  // Pinned blocks freed while a copy is in flight must not be reused before it ends.
   if (src_dev.is_cpu() && src_storage->pinned()) cuda::pinned_record_stream(src_storage->data(), stream);
-  if (dst_dev.is_cpu() && !(non_blocking && dst_pinned)) stream.synchronize();
+  if (dst_dev.is_cpu() && dst_storage->pinned()) cuda::pinned_record_stream(dst_storage->data(), stream);
+  if (dst_dev.is_cpu() && !(non_blocking && dst_storage->pinned())) stream.synchronize();
 }
 
 }  // namespace
@@ -253,8 +255,7 @@ Tensor Tensor::to(Device device, bool non_blocking) const {
   if (device.is_cuda()) cuda::check_device(device.index, "to");
   Tensor out = empty(shape(), {.dtype = dtype(), .device = device,
                                .pinned = non_blocking && device.is_cpu() && this->device().is_cuda()});
-  copy_bytes(out.data_ptr(), device, data_ptr(), this->device(), nbytes(), non_blocking, out.storage()->pinned(),
-             storage());
+  copy_bytes(out.data_ptr(), device, data_ptr(), this->device(), nbytes(), non_blocking, out.storage(), storage());
   Device from = this->device();
   autograd::record("to", {*this}, {out}, [from](std::vector<Tensor>& g) { return std::vector<Tensor>{g[0].to(from)}; });
   return out;
@@ -313,7 +314,7 @@ Tensor& Tensor::copy_(const Tensor& src, bool non_blocking) {
         [&](auto) { kernels::cuda::cast(dtype(), s.data_ptr(), dtype(), data_ptr(), numel(), cuda_stream(device())); });
     return *this;
   }
-  copy_bytes(data_ptr(), device(), s.data_ptr(), s.device(), nbytes(), non_blocking, storage()->pinned(), s.storage());
+  copy_bytes(data_ptr(), device(), s.data_ptr(), s.device(), nbytes(), non_blocking, storage(), s.storage());
   return *this;
 }
 

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "test_util.h"
@@ -176,6 +178,26 @@ TEST_F(CudaLinalg, EmbeddingOutOfRangeIsAZeroRowOnCuda) {
   Tensor idx = Tensor::from_vector(std::vector<int64_t>{1, 17, -3}, {3}, Device::cuda());
   std::vector<double> y = embedding(w, idx).cpu().to_vector<double>();
   for (int j = 3; j < 9; ++j) EXPECT_EQ(y[j], 0.0);
+}
+
+TEST_F(CudaLinalg, DeviceMismatchNamesBothDevices) {
+  Tensor cpu = random_tensor({2, 3}, 30, DType::kF32);
+  Tensor gpu = random_tensor({3, 2}, 31, DType::kF32, Device::cuda());
+  auto expect_devices = [](const std::function<void()>& fn, const char* op) {
+    try {
+      fn();
+      ADD_FAILURE() << "expected std::invalid_argument from " << op;
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(op), std::string::npos) << what;
+      EXPECT_NE(what.find("cpu"), std::string::npos) << what;
+      EXPECT_NE(what.find("cuda:0"), std::string::npos) << what;
+    }
+  };
+  expect_devices([&] { matmul(cpu, gpu); }, "[matmul]");
+  expect_devices([&] { linear(cpu, gpu.reshape({2, 3})); }, "[linear]");
+  expect_devices([&] { cat({cpu, gpu.reshape({2, 3})}, 0); }, "[cat]");
+  expect_devices([&] { embedding(gpu, Tensor::from_vector(std::vector<int64_t>{0}, {1})); }, "[embedding]");
 }
 
 }  // namespace

@@ -109,7 +109,7 @@ TEST(CpuGemm, EveryTransposeAndThreadSplitMatchesTripleLoop) {
   struct Case {
     int64_t m, n, k;
   };
-  for (Case cs : {Case{37, 301, 250}, Case{290, 45, 333}}) {
+  for (Case cs : {Case{37, 301, 450}, Case{290, 45, 333}}) {
     const int64_t m = cs.m, n = cs.n, k = cs.k;
     for (int flags = 0; flags < 8; ++flags) {
       const bool ta = flags & 1, tb = flags & 2, acc = flags & 4;
@@ -232,6 +232,11 @@ TEST(LinearGrad, WithoutBias) {
 TEST(LinearGrad, ThreeDInput) {
   EXPECT_TRUE(gradcheck([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
                         {leaf({2, 3, 4}, 55), leaf({5, 4}, 56), leaf({5}, 57)}));
+}
+
+TEST(LinearGrad, OneDInput) {
+  EXPECT_TRUE(gradcheck([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
+                        {leaf({4}, 61), leaf({3, 4}, 62), leaf({3}, 63)}));
 }
 
 TEST(LinearGrad, InputWithoutGrad) {
