@@ -114,7 +114,6 @@ void SGD::step() {
           }
         },
         [&](auto) {
-          cuda::DeviceGuard guard(device.index);
           kernels::cuda::sgd_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), options_.momentum,
                                           options_.dampening, options_.nesterov, cuda_stream(device));
         });

@@ -124,6 +124,13 @@ TEST_F(CudaLinalg, TransposeAndPermute) {
     expect_parity([](const std::vector<Tensor>& t) { return permute(t[0], {2, 0, 3, 1}); }, {{2, 3, 5, 7}}, dt, 13);
     expect_parity([](const std::vector<Tensor>& t) { return permute(t[0], {0, 2, 3, 1}); }, {{2, 3, 1, 7}}, dt, 14);
   }
+  for (DType dt : {DType::kF32, DType::kF16}) {  // tiled path: odd sizes, several tiles, a batch dim
+    expect_parity([](const std::vector<Tensor>& t) { return transpose(t[0], 1, 2); }, {{5, 70, 45}}, dt, 24);
+    expect_parity([](const std::vector<Tensor>& t) { return transpose(t[0], 0, 1); }, {{130, 67}}, dt, 25);
+  }
+  Tensor big = arange(3 * 40 * 33).reshape({3, 40, 33});  // 8-byte words through the tiles
+  EXPECT_EQ(transpose(big.to(Device::cuda()), 1, 2).cpu().to_vector<int64_t>(),
+            transpose(big, 1, 2).to_vector<int64_t>());
   Tensor i = arange(24).reshape({2, 3, 4});
   EXPECT_EQ(permute(i.to(Device::cuda()), {2, 1, 0}).cpu().to_vector<int64_t>(),
             permute(i, {2, 1, 0}).to_vector<int64_t>());

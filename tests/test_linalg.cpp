@@ -120,7 +120,8 @@ TEST(CpuGemm, EveryTransposeAndThreadSplitMatchesTripleLoop) {
       for (int64_t i = 0; i < m; ++i)
         for (int64_t j = 0; j < n; ++j) {
           double sum = 0;
-          for (int64_t p = 0; p < k; ++p) sum += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+          for (int64_t p = 0; p < k; ++p)
+            sum += (ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
           want[i * n + j] = (acc ? c[i * n + j] : 0.0) + 0.5 * sum;
         }
       kernels::cpu::gemm(DType::kF64, ta, tb, m, n, k, 0.5, a.data(), ta ? m : k, b.data(), tb ? k : n, acc, c.data(),

@@ -48,7 +48,6 @@ Tensor embedding(const Tensor& weight, const Tensor& indices, int64_t padding_id
                                       " at flat position " + std::to_string(bad));
       },
       [&](auto) {
-        cuda::DeviceGuard guard(device.index);
         kernels::cuda::embedding_forward(dtype, out.data_ptr(), weight.data_ptr(), idx, n, num_rows, dim,
                                          cuda_stream(device));
       });
@@ -70,7 +69,6 @@ Tensor embedding(const Tensor& weight, const Tensor& indices, int64_t padding_id
                                                padding_idx);
             },
             [&](auto) {
-              cuda::DeviceGuard guard(device.index);
               kernels::cuda::embedding_backward(dtype, acc.data_ptr(), g.data_ptr(), idx, n, num_rows, dim,
                                                 padding_idx, cuda_stream(device));
             });

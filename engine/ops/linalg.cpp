@@ -44,7 +44,6 @@ void gemm_into(const Tensor& out, const Tensor& a, bool trans_a, const Tensor& b
                                            batch);
       },
       [&](auto) {
-        cuda::DeviceGuard guard(a.device().index);
         kernels::cuda::gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, 1.0, a.data_ptr(), a_cols, stride_a,
                                             b.data_ptr(), b_cols, stride_b, accumulate, out.data_ptr(), n, stride_c,
                                             batch, cuda_stream(a.device()));
@@ -145,7 +144,6 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         "linear", x.device(),
         [&] { kernels::cpu::broadcast_rows(x.dtype(), y.data_ptr(), bias.data_ptr(), rows, out_features); },
         [&](auto) {
-          cuda::DeviceGuard guard(x.device().index);
           kernels::cuda::broadcast_rows(x.dtype(), y.data_ptr(), bias.data_ptr(), rows, out_features,
                                         cuda_stream(x.device()));
         });

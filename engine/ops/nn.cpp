@@ -47,7 +47,6 @@ Tensor softmax_grad(const char* op, const Tensor& dy, const Tensor& y, int64_t d
       op, y.device(),
       [&] { kernels::cpu::softmax_backward(dx.data_ptr(), dy.data_ptr(), y.data_ptr(), y.dtype(), v.outer, v.n, v.inner, log); },
       [&](auto) {
-        cuda::DeviceGuard guard(y.device().index);
         kernels::cuda::softmax_backward(dx.data_ptr(), dy.data_ptr(), y.data_ptr(), y.dtype(), v.outer, v.n, v.inner,
                                         log, cuda_stream(y.device()));
       });
@@ -65,7 +64,6 @@ Tensor softmax_impl(const char* op, const Tensor& x, int64_t dim, bool log) {
         op, x.device(),
         [&] { kernels::cpu::softmax_forward(y.data_ptr(), x.data_ptr(), x.dtype(), v.outer, v.n, v.inner, log); },
         [&](auto) {
-          cuda::DeviceGuard guard(x.device().index);
           kernels::cuda::softmax_forward(y.data_ptr(), x.data_ptr(), x.dtype(), v.outer, v.n, v.inner, log,
                                          cuda_stream(x.device()));
         });
@@ -150,7 +148,6 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const CrossEnt
                                              targets.data<int64_t>(), dtype, n, options.ignore_index, mean);
       },
       [&](auto) {
-        cuda::DeviceGuard guard(device.index);
         cudaStream_t stream = cuda_stream(device);
         kernels::cuda::cross_entropy_forward(row_loss.data_ptr(), lse.data_ptr(), x.data_ptr(),
                                              targets.data<int64_t>(), dtype, n, c, options.ignore_index, eps, stream);
@@ -179,7 +176,6 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const CrossEnt
                                                                 x.dtype(), n, c, ignore_index, eps);
                          },
                          [&](auto) {
-                           cuda::DeviceGuard guard(x.device().index);
                            kernels::cuda::cross_entropy_backward(dx.data_ptr(), x.data_ptr(), lse.data_ptr(),
                                                                  t.data<int64_t>(), grad.data_ptr(), !reduce,
                                                                  denom_ptr, x.dtype(), n, c, ignore_index, eps,
@@ -235,7 +231,6 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
                                       state.offset);
         },
         [&](auto) {
-          cuda::DeviceGuard guard(in.device().index);
           kernels::cuda::dropout_apply(out.data_ptr(), in.data_ptr(), in.dtype(), in.numel(), p, scale, state.seed,
                                        state.offset, cuda_stream(in.device()));
         });

@@ -47,7 +47,6 @@ void fill_random(const char* op, Tensor& t, bool normal, double p0, double p1, G
           kernels::cpu::uniform_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset);
       },
       [&](auto) {
-        cuda::DeviceGuard guard(t.device().index);
         cudaStream_t stream = cuda_stream(t.device());
         if (normal)
           kernels::cuda::normal_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset, stream);

@@ -119,7 +119,6 @@ void permute_into(const Tensor& out, const Tensor& x, const std::vector<int64_t>
         else kernels::cpu::permute_copy(dtype, out.data_ptr(), x.data_ptr(), gdim, merged_shape, merged_dims);
       },
       [&](auto) {
-        cuda::DeviceGuard guard(x.device().index);
         cudaStream_t stream = cuda_stream(x.device());
         if (gdim <= 1) kernels::cuda::copy_2d(dtype, out.data_ptr(), n, x.data_ptr(), n, 1, n, stream);
         else kernels::cuda::permute_copy(dtype, out.data_ptr(), x.data_ptr(), gdim, merged_shape, merged_dims, stream);
@@ -152,7 +151,6 @@ void copy_block(const Tensor& dst, int64_t dst_offset, int64_t dst_pitch, const 
   dispatch_device(
       "copy_block", src.device(), [&] { kernels::cpu::copy_2d(dtype, d, dst_pitch, s, src_pitch, rows, cols); },
       [&](auto) {
-        cuda::DeviceGuard guard(src.device().index);
         kernels::cuda::copy_2d(dtype, d, dst_pitch, s, src_pitch, rows, cols, cuda_stream(src.device()));
       });
 }

@@ -197,12 +197,12 @@ void gemm_strided_batched(DType dtype, bool trans_a, bool trans_b, int64_t m, in
     const T* at = static_cast<const T*>(a);
     const T* bt = static_cast<const T*>(b);
     T* ct = static_cast<T*>(c);
-    // Many small products: one per thread. Large products are split inside
-    // gemm_threaded instead (which sees omp_in_parallel() here and stays serial).
-    const double work = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-    [[maybe_unused]] const bool across_batch =
-        batch > 1 && work < kParallelMinWork && work * static_cast<double>(batch) >= kParallelMinWork;
+    // Many small products: whole products per thread. Large products are split
+    // inside gemm_threaded instead (which sees omp_in_parallel() here and stays serial).
 #if defined(_OPENMP)
+    const double work = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+    const bool across_batch = batch > 1 && work < kParallelMinWork &&
+                              work * static_cast<double>(batch) >= kParallelMinWork && cores_available();
 #pragma omp parallel for schedule(static) if (across_batch)
 #endif
     for (int64_t i = 0; i < batch; ++i) {

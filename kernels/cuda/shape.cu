@@ -1,7 +1,11 @@
-// GPU permuted copies (one thread per output element, decomposing its index over the
-// output shape) and 2-D strided block copies in the widest aligned word.
+// GPU permuted copies and 2-D strided block copies. A swap of the last two dims (the
+// common case: kᵀ in attention, (N,C,HW)->(N,HW,C)) goes through 32x32 shared-memory
+// tiles so both the reads and the writes are coalesced; other permutations use one
+// thread per output element, decomposing its index over the output shape. Block
+// copies move the widest aligned word.
 #include "kernels/cuda/shape.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -41,6 +45,54 @@ __global__ void copy_2d_kernel(Word* __restrict__ dst, int64_t dst_pitch, const 
     const int64_t r = i / cols, j = i - r * cols;
     dst[r * dst_pitch + j] = src[r * src_pitch + j];
   }
+}
+
+constexpr int kTile = 32;
+constexpr int kTileRows = 8;  // threads per tile column; each moves kTile / kTileRows elements
+
+/// out[b, c, r] = in[b, r, c] for in of shape (batch, rows, cols). Blocks of
+/// kTile x kTileRows threads walk tiles with grid-stride loops over all three grid
+/// dims; the loop bounds depend only on the block index, so every thread of a block
+/// reaches each __syncthreads().
+template <class Word>
+__global__ void transpose_tiled_kernel(Word* __restrict__ out, const Word* __restrict__ in, int64_t batch,
+                                       int64_t rows, int64_t cols) {
+  __shared__ Word tile[kTile][kTile + 1];  // +1 column: no bank conflicts on the transposed read
+  const int64_t plane = rows * cols;
+  for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
+    const Word* src = in + b * plane;
+    Word* dst = out + b * plane;
+    for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile; r0 < rows;
+         r0 += static_cast<int64_t>(gridDim.y) * kTile) {
+      for (int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile; c0 < cols;
+           c0 += static_cast<int64_t>(gridDim.x) * kTile) {
+        for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+          const int64_t r = r0 + j, c = c0 + threadIdx.x;
+          if (r < rows && c < cols) tile[j][threadIdx.x] = src[r * cols + c];
+        }
+        __syncthreads();
+        for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+          const int64_t c = c0 + j, r = r0 + threadIdx.x;
+          if (c < cols && r < rows) dst[c * rows + r] = tile[threadIdx.x][j];
+        }
+        __syncthreads();  // the tile is reused by the next iteration
+      }
+    }
+  }
+}
+
+template <class Word>
+void launch_transpose_tiled(void* out, const void* in, int64_t batch, int64_t rows, int64_t cols,
+                            cudaStream_t stream) {
+  auto blocks = [](int64_t n, int64_t cap) {
+    return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(n, 1), cap));
+  };
+  const dim3 grid(blocks((cols + kTile - 1) / kTile, 1 << 20), blocks((rows + kTile - 1) / kTile, 65535),
+                  blocks(batch, 65535));
+  const dim3 block(kTile, kTileRows);
+  transpose_tiled_kernel<Word><<<grid, block, 0, stream>>>(static_cast<Word*>(out), static_cast<const Word*>(in),
+                                                           batch, rows, cols);
+  CUDA_CHECK_LAUNCH();
 }
 
 template <class Word>
@@ -83,6 +135,20 @@ void permute_copy(DType dtype, void* out, const void* in, int ndim, const int64_
     n *= p.out_shape[i];
   }
   if (n == 0) return;
+  // A swap of the last two dims, with or without one leading batch dim.
+  const bool swap_2d = ndim == 2 && dims[0] == 1 && dims[1] == 0;
+  const bool swap_batched = ndim == 3 && dims[0] == 0 && dims[1] == 2 && dims[2] == 1;
+  if (swap_2d || swap_batched) {
+    const int64_t batch = swap_batched ? in_shape[0] : 1;
+    const int64_t rows = in_shape[ndim - 2], cols = in_shape[ndim - 1];
+    switch (dtype_size(dtype)) {
+      case 1: launch_transpose_tiled<uint8_t>(out, in, batch, rows, cols, stream); return;
+      case 2: launch_transpose_tiled<uint16_t>(out, in, batch, rows, cols, stream); return;
+      case 4: launch_transpose_tiled<uint32_t>(out, in, batch, rows, cols, stream); return;
+      case 8: launch_transpose_tiled<uint64_t>(out, in, batch, rows, cols, stream); return;
+      default: unreachable_dtype("permute_copy", dtype);
+    }
+  }
   switch (dtype_size(dtype)) {
     case 1: launch_permute<uint8_t>(out, in, p, n, stream); return;
     case 2: launch_permute<uint16_t>(out, in, p, n, stream); return;

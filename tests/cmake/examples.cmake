@@ -1,7 +1,7 @@
 # The README's example program, built in the tree, trains for 200 steps; and the
 # same source built as an outside project through find_package(Tandem) against a
 # fresh install of this build.
-set(TANDEM_DATA_DIR /usr/share/datasets/fashion-mnist)
+set(TANDEM_DATA_DIR ${TANDEM_FASHION_MNIST_DIR})  # cmake/TandemDeps.cmake
 add_test(NAME example_train_mlp COMMAND example_train_mlp ${TANDEM_DATA_DIR} 200)
 set_tests_properties(example_train_mlp PROPERTIES LABELS "cpu;example"
   PASS_REGULAR_EXPRESSION "test accuracy 0\\.[6-9]")
