@@ -221,9 +221,9 @@ TEST(FashionMNIST, LabelCountMismatch) {
 }
 
 TEST(FashionMNIST, RealFilesWhenInstalled) {
-  if (!fs::exists(kFashionMnistDefaultDir)) GTEST_SKIP() << kFashionMnistDefaultDir << " absent";
-  FashionMNIST train(kFashionMnistDefaultDir, Split::kTrain);
-  FashionMNIST test(kFashionMnistDefaultDir, Split::kTest);
+  if (!fs::exists(TANDEM_FASHION_MNIST_DIR)) GTEST_SKIP() << TANDEM_FASHION_MNIST_DIR << " absent";
+  FashionMNIST train(TANDEM_FASHION_MNIST_DIR, Split::kTrain);
+  FashionMNIST test(TANDEM_FASHION_MNIST_DIR, Split::kTest);
   EXPECT_EQ(train.size(), 60000);
   EXPECT_EQ(test.size(), 10000);
   EXPECT_EQ(train.input_shape(), (Shape{1, 28, 28}));

@@ -14,17 +14,10 @@ namespace tandem {
 namespace {
 
 using testing::all_close;
+using testing::expect_invalid;
 using testing::gradcheck;
 using testing::random_tensor;
 
-void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument";
-  } catch (const std::invalid_argument& e) {
-    for (const std::string& p : pieces) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
 
 Tensor idx(const std::vector<int64_t>& values, const Shape& shape) { return Tensor::from_vector(values, shape); }
 

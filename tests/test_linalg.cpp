@@ -16,6 +16,7 @@ namespace tandem {
 namespace {
 
 using testing::all_close;
+using testing::expect_invalid;
 using testing::gradcheck;
 using testing::random_tensor;
 
@@ -52,15 +53,6 @@ Tensor reference_linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return Tensor::from_vector(yv, shape);
 }
 
-/// Expects `fn` to throw std::invalid_argument whose message contains every piece.
-void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument";
-  } catch (const std::invalid_argument& e) {
-    for (const std::string& p : pieces) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
 
 Tensor leaf(const Shape& shape, uint64_t seed, DType dtype = DType::kF64) {
   Tensor t = random_tensor(shape, seed, dtype);

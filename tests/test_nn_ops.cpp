@@ -16,21 +16,11 @@ namespace tandem {
 namespace {
 
 using testing::all_close;
+using testing::expect_invalid;
 using testing::gradcheck;
 using testing::random_indices;
 using testing::random_tensor;
 
-// Runs `fn`, expects std::invalid_argument, and checks the message contains every needle.
-template <class F>
-void expect_invalid(F&& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument";
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    for (const auto& n : needles) EXPECT_NE(what.find(n), std::string::npos) << "message: " << what << "\nmissing: " << n;
-  }
-}
 
 // Reference softmax / log-softmax along `dim` of a contiguous f64 tensor, by plain loops.
 Tensor reference_softmax(const Tensor& x, int64_t dim, bool log) {

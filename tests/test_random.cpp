@@ -16,17 +16,8 @@ namespace tandem {
 namespace {
 
 using testing::all_close;
+using testing::expect_invalid;
 
-template <class F>
-void expect_invalid(F&& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument";
-  } catch (const std::invalid_argument& e) {
-    const std::string what = e.what();
-    for (const auto& n : needles) EXPECT_NE(what.find(n), std::string::npos) << "message: " << what << "\nmissing: " << n;
-  }
-}
 
 struct Moments {
   double mean = 0, var = 0, min = INFINITY, max = -INFINITY;

@@ -13,17 +13,10 @@ namespace tandem {
 namespace {
 
 using testing::all_close;
+using testing::expect_invalid;
 using testing::gradcheck;
 using testing::random_tensor;
 
-void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument";
-  } catch (const std::invalid_argument& e) {
-    for (const std::string& p : pieces) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
 
 Tensor leaf(const Shape& shape, uint64_t seed) {
   Tensor t = random_tensor(shape, seed);

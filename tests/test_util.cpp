@@ -112,6 +112,17 @@ double relative_error(const Tensor& got, const Tensor& want) {
   return ::testing::AssertionFailure() << nfail << " gradient elements disagree" << failures.str();
 }
 
+void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    for (const std::string& p : pieces)
+      EXPECT_NE(what.find(p), std::string::npos) << "message: " << what << "\nmissing: " << p;
+  }
+}
+
 std::string fixture_path(const std::string& name) { return std::string(TANDEM_FIXTURE_DIR) + "/" + name; }
 
 }  // namespace tandem::testing

@@ -43,6 +43,9 @@ double relative_error(const Tensor& got, const Tensor& want);
                                      const std::vector<Tensor>& inputs, double eps = 1e-6, double atol = 1e-6,
                                      double rtol = 1e-4);
 
+/// Runs `fn`, expects std::invalid_argument, and checks its message contains every piece.
+void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces);
+
 /// Path of a fixture file under tests/fixtures.
 std::string fixture_path(const std::string& name);
 

@@ -1,8 +1,5 @@
 # tandem-train: a full epoch on the CPU reaches the accuracy the README promises,
 # and every bad flag or missing file gets a one-line error and a non-zero exit.
-if(NOT DEFINED TANDEM_FASHION_MNIST_DIR)
-  set(TANDEM_FASHION_MNIST_DIR /usr/share/datasets/fashion-mnist)
-endif()
 if(TARGET tandem-train)
   set(check ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh)
   set(metrics ${CMAKE_CURRENT_BINARY_DIR}/tandem_train_metrics.jsonl)
