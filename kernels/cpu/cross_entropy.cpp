@@ -2,6 +2,7 @@
 // and the loss, a reduction in f64, and a backward that recomputes softmax from the
 // saved log-sum-exp instead of storing the (N, C) probabilities.
 #include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,14 +13,13 @@
 namespace tandem::kernels::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;
 
 template <class T>
 void forward_typed(compute_t<T>* row_loss, compute_t<T>* lse_out, const T* logits, const int64_t* targets, int64_t n,
                    int64_t c, int64_t ignore_index, double eps) {
   using C = compute_t<T>;
   const C keep = static_cast<C>(1.0 - eps), smooth = static_cast<C>(eps);
-#pragma omp parallel for schedule(static) if (n * c >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n * c >= kParallelMinElements)
   for (int64_t i = 0; i < n; ++i) {
     const T* x = logits + i * c;
     C m = -std::numeric_limits<C>::infinity();
@@ -68,7 +68,7 @@ void backward_typed(T* dx, const T* logits, const compute_t<T>* lse, const int64
   using C = compute_t<T>;
   const C keep = static_cast<C>(1.0 - eps), smooth = static_cast<C>(eps / static_cast<double>(c));
   const C inv_denom = denom ? C(1) / *denom : C(1);
-#pragma omp parallel for schedule(static) if (n * c >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n * c >= kParallelMinElements)
   for (int64_t i = 0; i < n; ++i) {
     T* d = dx + i * c;
     const int64_t t = targets[i];

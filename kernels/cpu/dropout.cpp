@@ -1,6 +1,7 @@
 // CPU twin of kernels/cuda/dropout.cu: one Philox block per four elements, the same
 // keep test (u >= p, compared in f64) so CPU and GPU masks agree bit for bit.
 #include "kernels/cpu/dropout.h"
+#include "kernels/cpu/parallel.h"
 
 #include <algorithm>
 
@@ -10,14 +11,13 @@
 namespace tandem::kernels::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 14;
 
 template <class T>
 void apply_typed(T* out, const T* x, int64_t n, double p, double scale, uint64_t seed, uint64_t offset) {
   using C = compute_t<T>;
   const C s = static_cast<C>(scale);
   const int64_t blocks = static_cast<int64_t>(philox_blocks(n));
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
   for (int64_t b = 0; b < blocks; ++b) {
     const PhiloxBlock r = philox_block(seed, offset + static_cast<uint64_t>(b));
     const int64_t end = std::min<int64_t>(4, n - 4 * b);

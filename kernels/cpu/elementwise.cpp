@@ -1,6 +1,7 @@
 // CPU element-wise kernels. Loops are written so the compiler vectorises the
 // contiguous cases; large arrays are split across cores with OpenMP.
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/parallel.h"
 
 #include "kernels/common.h"
 #include "kernels/elementwise_math.h"
@@ -8,20 +9,18 @@
 namespace tandem::kernels::cpu {
 namespace {
 
-// Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelThreshold = 1 << 16;
 
 template <UnaryOp Op, class T>
 void unary_loop(T* out, const T* in, int64_t n) {
   using C = compute_t<T>;
-#pragma omp parallel for simd if (n > kParallelThreshold)
+#pragma omp parallel for simd if (n > kParallelMinElements)
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(unary_apply<Op, C>(static_cast<C>(in[i])));
 }
 
 template <UnaryGradOp Op, class T>
 void unary_grad_loop(T* dx, const T* dy, const T* s, int64_t n) {
   using C = compute_t<T>;
-#pragma omp parallel for simd if (n > kParallelThreshold)
+#pragma omp parallel for simd if (n > kParallelMinElements)
   for (int64_t i = 0; i < n; ++i)
     dx[i] = static_cast<T>(unary_grad_apply<Op, C>(static_cast<C>(dy[i]), static_cast<C>(s[i])));
 }
@@ -32,7 +31,7 @@ void binary_loop(Out* out, const T* a, const T* b, double alpha_d, const Broadca
   const C alpha = static_cast<C>(alpha_d);
   auto f = [alpha](T x, T y) { return static_cast<Out>(binary_apply<Op, C>(static_cast<C>(x), static_cast<C>(y), alpha)); };
   if (L.same_shape) {
-#pragma omp parallel for simd if (n > kParallelThreshold)
+#pragma omp parallel for simd if (n > kParallelMinElements)
     for (int64_t i = 0; i < n; ++i) out[i] = f(a[i], b[i]);
     return;
   }
@@ -40,7 +39,7 @@ void binary_loop(Out* out, const T* a, const T* b, double alpha_d, const Broadca
   const int last = L.ndim - 1;
   const int64_t inner = L.sizes[last], sa = L.a_strides[last], sb = L.b_strides[last];
   const int64_t rows = n / inner;
-#pragma omp parallel for if (n > kParallelThreshold)
+#pragma omp parallel for if (n > kParallelMinElements)
   for (int64_t r = 0; r < rows; ++r) {
     int64_t rem = r, oa = 0, ob = 0;
     for (int d = last - 1; d >= 0; --d) {
@@ -70,7 +69,7 @@ template <ScalarOp Op, class T>
 void scalar_loop(T* out, const T* a, double s_d, int64_t n) {
   using C = compute_t<T>;
   const C s = static_cast<C>(s_d);
-#pragma omp parallel for simd if (n > kParallelThreshold)
+#pragma omp parallel for simd if (n > kParallelMinElements)
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(scalar_apply<Op, C>(static_cast<C>(a[i]), s));
 }
 

@@ -4,17 +4,12 @@
 //
 // Threads: each OpenMP thread runs a single-threaded Eigen GEMM on its own slab of C
 // (a block of columns, or of rows), so the threads meet once, at the end of the
-// region, instead of at every packing step as in Eigen's own parallel GEMM. A fork is
-// only worth it when a core is actually free: when other processes keep the cores
-// busy, each join waits for a scheduler time slice while the finished thread spins
-// (measured on 2 shared cores: 128x784x256 took 4 ms on two threads, 0.6 ms on one),
-// so products then stay on the calling thread.
+// region, instead of at every packing step as in Eigen's own parallel GEMM. Only
+// products of kParallelMinMacs or more are split (kernels/cpu/parallel.h).
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/parallel.h"
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -74,44 +69,9 @@ void gemm_typed(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T a
   }
 }
 
-/// Below this many multiply-adds (about 25 us on one AVX-512 core) a product runs on
-/// one thread. Forking costs a few microseconds on an idle machine but up to a
-/// scheduler time slice (milliseconds) when the cores are shared, so only products
-/// that gain clearly are split: in a 784-256-10 MLP at batch 128, the two big
-/// 128x784x256 products are, the small second-layer ones are not.
-constexpr double kParallelMinWork = 1 << 22;
 /// Slab boundaries are rounded to this many columns/rows, a multiple of Eigen's
 /// register-block widths, so every slab runs full-width micro-kernels.
 constexpr int64_t kSlabAlign = 16;
-
-#if defined(_OPENMP)
-/// True unless more threads are runnable right now than there are CPUs (Linux's
-/// procs_running in /proc/stat, which counts this thread and any spinning OpenMP
-/// worker of ours). Sampled at most every 50 ms; true where /proc is unreadable.
-bool cores_available() {
-  static std::atomic<int64_t> next_sample_ns{0};
-  static std::atomic<bool> available{true};
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch())
-                          .count();
-  if (now < next_sample_ns.load(std::memory_order_relaxed)) return available.load(std::memory_order_relaxed);
-  next_sample_ns.store(now + 50'000'000, std::memory_order_relaxed);
-  bool result = true;
-  if (std::FILE* f = std::fopen("/proc/stat", "r")) {
-    char line[256];
-    long running = 0;
-    while (std::fgets(line, sizeof line, f)) {
-      if (std::sscanf(line, "procs_running %ld", &running) == 1) {
-        result = running <= omp_get_num_procs();
-        break;
-      }
-    }
-    std::fclose(f);
-  }
-  available.store(result, std::memory_order_relaxed);
-  return result;
-}
-#endif
 
 /// gemm_typed split across the OpenMP threads into slabs of C along its larger side.
 template <class T>
@@ -120,8 +80,8 @@ void gemm_threaded(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
 #if defined(_OPENMP)
   const bool split_n = n >= m;
   const int64_t extent = split_n ? n : m;
-  const bool big = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) >= kParallelMinWork;
-  const int threads = (big && !omp_in_parallel() && cores_available()) ? omp_get_max_threads() : 1;
+  const bool big = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) >= kParallelMinMacs;
+  const int threads = (big && !omp_in_parallel()) ? omp_get_max_threads() : 1;
   const int64_t parts = std::min<int64_t>(threads, extent / kSlabAlign);
   if (parts > 1) {
     auto boundary = [&](int64_t p) {
@@ -201,8 +161,8 @@ void gemm_strided_batched(DType dtype, bool trans_a, bool trans_b, int64_t m, in
     // inside gemm_threaded instead (which sees omp_in_parallel() here and stays serial).
 #if defined(_OPENMP)
     const double work = static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-    const bool across_batch = batch > 1 && work < kParallelMinWork &&
-                              work * static_cast<double>(batch) >= kParallelMinWork && cores_available();
+    const bool across_batch = batch > 1 && work < kParallelMinMacs &&
+                              work * static_cast<double>(batch) >= kParallelMinMacs;
 #pragma omp parallel for schedule(static) if (across_batch)
 #endif
     for (int64_t i = 0; i < batch; ++i) {

@@ -1,6 +1,7 @@
 // CPU twins of kernels/cuda/random.cu. The affine map uses std::fma so that the host
 // compiler's contraction choices cannot make CPU results differ from the GPU's.
 #include "kernels/cpu/random.h"
+#include "kernels/cpu/parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,7 +13,6 @@
 namespace tandem::kernels::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 14;
 
 // f64 stays f64; every other type goes through f32 first (the draw's precision), so
 // f16/bf16 results equal the f32 result rounded, on CPU and GPU alike.
@@ -28,7 +28,7 @@ T from_scaled(double v) {
 template <class T, bool kNormal>
 void fill_typed(T* out, int64_t n, double a, double b, uint64_t seed, uint64_t offset) {
   const int64_t blocks = static_cast<int64_t>(philox_blocks(n));
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const PhiloxBlock r = philox_block(seed, offset + static_cast<uint64_t>(blk));
     const int64_t end = std::min<int64_t>(4, n - 4 * blk);

@@ -1,6 +1,7 @@
 // CPU reductions. Sums accumulate in double (int64 for integers) so results do not
 // depend on the summation order for the sizes we meet in practice.
 #include "kernels/cpu/reduce.h"
+#include "kernels/cpu/parallel.h"
 
 #include <cmath>
 #include <vector>
@@ -14,7 +15,7 @@ namespace {
 template <class T, class Acc, class Out>
 void sum_typed(Out* out, const T* in, int64_t outer, int64_t n, int64_t inner, double scale) {
   if (inner == 1) {
-#pragma omp parallel for if (outer * n > (1 << 16) && outer > 1)
+#pragma omp parallel for if (outer * n > kParallelMinElements && outer > 1)
     for (int64_t o = 0; o < outer; ++o) {
       const T* row = in + o * n;
       Acc acc = 0;

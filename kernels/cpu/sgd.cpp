@@ -1,20 +1,20 @@
 // CPU SGD step: one fused pass per tensor, arithmetic in the parameter's own type
 // (as PyTorch's CPU path), parallel over large tensors.
 #include "kernels/cpu/sgd.h"
+#include "kernels/cpu/parallel.h"
 
 #include "kernels/common.h"
 
 namespace tandem::kernels::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;
 
 template <class T>
 void sgd_typed(T* p, const T* grad, T* buf, bool first_step, int64_t n, const SGDHyper& h) {
   const T lr = static_cast<T>(h.lr), mu = static_cast<T>(h.momentum), wd = static_cast<T>(h.weight_decay);
   const T keep = static_cast<T>(1.0 - h.dampening);
   const bool use_wd = h.weight_decay != 0.0, use_mu = h.momentum != 0.0, nesterov = h.nesterov;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
   for (int64_t i = 0; i < n; ++i) {
     T g = grad[i];
     if (use_wd) g = g + wd * p[i];

@@ -1,6 +1,7 @@
 // CPU twins of kernels/cuda/softmax.cu. Max and sums are taken in compute_t (f32 for
 // f16/bf16/f32, f64 for f64), as on the GPU, so the two agree to rounding.
 #include "kernels/cpu/softmax.h"
+#include "kernels/cpu/parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,13 +13,12 @@ namespace tandem::kernels::cpu {
 namespace {
 
 // Rows below this many elements in total are not worth waking the OpenMP team for.
-constexpr int64_t kParallelMin = 1 << 15;
 
 template <class T>
 void forward_typed(T* y, const T* x, int64_t outer, int64_t n, int64_t inner, bool log) {
   using C = compute_t<T>;
   const int64_t lines = outer * inner;
-#pragma omp parallel for schedule(static) if (lines * n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (lines * n >= kParallelMinElements)
   for (int64_t line = 0; line < lines; ++line) {
     const int64_t o = line / inner, i = line % inner;
     const T* xl = x + o * n * inner + i;
@@ -44,7 +44,7 @@ template <class T>
 void backward_typed(T* dx, const T* dy, const T* y, int64_t outer, int64_t n, int64_t inner, bool log) {
   using C = compute_t<T>;
   const int64_t lines = outer * inner;
-#pragma omp parallel for schedule(static) if (lines * n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (lines * n >= kParallelMinElements)
   for (int64_t line = 0; line < lines; ++line) {
     const int64_t o = line / inner, i = line % inner;
     const int64_t base = o * n * inner + i;

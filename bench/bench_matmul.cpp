@@ -1,0 +1,134 @@
+// Matrix-product benchmarks: matmul, and linear forward + backward, for the layer
+// shapes of the 784-256-10 MLP at batch 128 and for square 1024/2048/4096 matrices;
+// CPU (FLOP/s) and, when a device is present, CUDA (TFLOP/s, event-timed).
+#include <cstdint>
+#include <functional>
+
+#include "bench/bench_common.h"
+#include "engine/ops/factory.h"
+#include "engine/ops/linalg.h"
+
+namespace tandem::bench {
+namespace {
+
+// One shape: (M, K) @ (K, N); for linear, x (M, K), W (N, K), b (N).
+struct GemmShape {
+  int64_t m, k, n;
+  bool input_grad;  // whether linear's x needs a gradient (not for the first layer)
+};
+
+constexpr GemmShape kMlpLayer1 = {128, 784, 256, false};
+constexpr GemmShape kMlpLayer2 = {128, 256, 10, true};
+
+GemmShape shape_of(const benchmark::State& state) {
+  return {state.range(0), state.range(1), state.range(2), state.range(3) != 0};
+}
+
+double matmul_flops(const GemmShape& s) { return 2.0 * static_cast<double>(s.m * s.k * s.n); }
+
+// Forward, grad of W, and grad of x when it needs one: 2·M·N·K each.
+double linear_flops(const GemmShape& s) { return matmul_flops(s) * (s.input_grad ? 3.0 : 2.0); }
+
+// Parameters and inputs of one linear forward + backward, on `options`' device and dtype.
+struct LinearSetup {
+  Tensor x, weight, bias, grad_out;
+
+  LinearSetup(const GemmShape& s, const TensorOptions& options) {
+    const TensorOptions f32 = {.device = options.device};
+    x = randn({s.m, s.k}, f32).to(options.dtype);
+    weight = randn({s.n, s.k}, f32).to(options.dtype);
+    bias = randn({s.n}, f32).to(options.dtype);
+    grad_out = randn({s.m, s.n}, f32).to(options.dtype);
+    x.set_requires_grad(s.input_grad);
+    weight.set_requires_grad(true);
+    bias.set_requires_grad(true);
+  }
+
+  void step() {
+    // Gradients are dropped (set_to_none) each step, as an optimizer's zero_grad does,
+    // so backward writes them instead of accumulating.
+    weight.set_grad(Tensor());
+    bias.set_grad(Tensor());
+    if (x.requires_grad()) x.set_grad(Tensor());
+    linear(x, weight, bias).backward(grad_out);
+  }
+};
+
+void apply_shapes(benchmark::internal::Benchmark* b, bool with_4096) {
+  b->ArgNames({"M", "K", "N", "dx"});
+  for (const GemmShape& s : {kMlpLayer1, kMlpLayer2}) b->Args({s.m, s.k, s.n, s.input_grad});
+  for (int64_t n : {1024, 2048}) b->Args({n, n, n, 1});
+  if (with_4096) b->Args({4096, 4096, 4096, 1});
+}
+
+// ---- CPU -------------------------------------------------------------------------------
+
+void cpu_matmul(benchmark::State& state) {
+  const GemmShape s = shape_of(state);
+  const Tensor a = randn({s.m, s.k}), b = randn({s.k, s.n});
+  for (auto _ : state) benchmark::DoNotOptimize(matmul(a, b));
+  set_cpu_flops(state, matmul_flops(s));
+}
+
+void cpu_linear(benchmark::State& state) {
+  const GemmShape s = shape_of(state);
+  LinearSetup setup(s, {});
+  for (auto _ : state) setup.step();
+  set_cpu_flops(state, linear_flops(s));
+}
+
+void register_cpu() {
+  // 4096³ takes about half a second per product on 2 cores: matmul runs it once, linear
+  // (3 GEMMs) not at all.
+  cpu_settings(benchmark::RegisterBenchmark(bench_name("cpu", "matmul", DType::kF32).c_str(), guarded(cpu_matmul)))
+      ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, false); });
+  benchmark::RegisterBenchmark(bench_name("cpu", "matmul", DType::kF32).c_str(), guarded(cpu_matmul))
+      ->ArgNames({"M", "K", "N", "dx"})
+      ->Args({4096, 4096, 4096, 1})
+      ->Iterations(1)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  cpu_settings(
+      benchmark::RegisterBenchmark(bench_name("cpu", "linear_fwd_bwd", DType::kF32).c_str(), guarded(cpu_linear)))
+      ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, false); });
+}
+
+// ---- CUDA ------------------------------------------------------------------------------
+
+// Small products finish in microseconds: time more of them per pair of events.
+int inner_calls(double flops) { return flops < 1e10 ? 20 : 3; }
+
+void cuda_matmul(benchmark::State& state, DType dtype) {
+  const GemmShape s = shape_of(state);
+  const TensorOptions f32 = {.device = Device::cuda(0)};
+  const Tensor a = randn({s.m, s.k}, f32).to(dtype), b = randn({s.k, s.n}, f32).to(dtype);
+  Tensor c;
+  run_cuda_flops(
+      state, matmul_flops(s), [&] { c = matmul(a, b); }, inner_calls(matmul_flops(s)));
+}
+
+void cuda_linear(benchmark::State& state, DType dtype) {
+  const GemmShape s = shape_of(state);
+  LinearSetup setup(s, {.dtype = dtype, .device = Device::cuda(0)});
+  run_cuda_flops(
+      state, linear_flops(s), [&] { setup.step(); }, inner_calls(linear_flops(s)));
+}
+
+void register_cuda() {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "matmul", dtype).c_str(),
+                                               guarded([dtype](benchmark::State& s) { cuda_matmul(s, dtype); })))
+        ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, true); });
+    cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "linear_fwd_bwd", dtype).c_str(),
+                                               guarded([dtype](benchmark::State& s) { cuda_linear(s, dtype); })))
+        ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, true); });
+  }
+}
+
+}  // namespace
+}  // namespace tandem::bench
+
+int main(int argc, char** argv) {
+  tandem::bench::register_cpu();
+  return tandem::bench::benchmark_main(argc, argv, "bench_matmul", tandem::bench::register_cuda);
+}
