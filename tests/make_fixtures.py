@@ -3,10 +3,17 @@
 Tandem with, as JSON in tests/fixtures/. Run with a Python that has torch (Debian's
 python3-torch): /usr/bin/python3 tests/make_fixtures.py. The output is committed, so
 the tests need no PyTorch. Tensors are {"shape": [...], "data": [...]} in f64,
-printed with Python's shortest round-trip repr (full precision)."""
+printed with Python's shortest round-trip repr (full precision).
 
+Each area adds its fixtures in its own module tests/fixtures_<area>.py, which
+defines generate() and uses tensor() and write() from here; main() runs them all
+in name order, each with its own seeded generator so adding one changes no other."""
+
+import glob
+import importlib
 import json
 import os
+import sys
 
 import torch
 
@@ -99,6 +106,11 @@ def main():
     linear_fixture(gen)
     cross_entropy_fixture(gen)
     sgd_fixture(gen)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    for path in sorted(glob.glob(os.path.join(here, "fixtures_*.py"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        importlib.import_module(name).generate()
 
 
 if __name__ == "__main__":
