@@ -2,6 +2,7 @@
 #include "test_util.h"
 
 #include <cmath>
+#include <fstream>
 #include <sstream>
 
 #include "kernels/philox.h"
@@ -124,5 +125,17 @@ void expect_invalid(const std::function<void()>& fn, const std::vector<std::stri
 }
 
 std::string fixture_path(const std::string& name) { return std::string(TANDEM_FIXTURE_DIR) + "/" + name; }
+
+nlohmann::json load_fixture(const std::string& name) {
+  std::ifstream f(fixture_path(name));
+  if (!f) throw std::runtime_error("cannot open fixture " + fixture_path(name));
+  return nlohmann::json::parse(f);
+}
+
+Tensor fixture_tensor(const nlohmann::json& j, bool integer) {
+  Shape shape = j.at("shape").get<Shape>();
+  if (integer) return Tensor::from_vector(j.at("data").get<std::vector<int64_t>>(), shape);
+  return Tensor::from_vector(j.at("data").get<std::vector<double>>(), shape);
+}
 
 }  // namespace tandem::testing

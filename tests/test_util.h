@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -48,5 +50,9 @@ void expect_invalid(const std::function<void()>& fn, const std::vector<std::stri
 
 /// Path of a fixture file under tests/fixtures.
 std::string fixture_path(const std::string& name);
+/// Parses tests/fixtures/<name> (written by tests/make_fixtures.py).
+nlohmann::json load_fixture(const std::string& name);
+/// A fixture tensor {"shape": [...], "data": [...]} as f64 (int64 when `integer`).
+Tensor fixture_tensor(const nlohmann::json& j, bool integer = false);
 
 }  // namespace tandem::testing
