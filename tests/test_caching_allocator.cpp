@@ -347,6 +347,25 @@ TEST_F(CachingAllocatorTest, RecordStreamDefersReuseUntilTheEventCompletes) {
   EXPECT_EQ(state->raw_allocs, 1);
 }
 
+TEST_F(CachingAllocatorTest, WithoutCachingEveryTensorHasItsOwnExactSegment) {
+  CachingAllocator uncached(std::make_unique<FakeBackend>(state), "cuda:0", "device_alloc", /*caching=*/false);
+  void* a = uncached.allocate(1000, s1);
+  void* b = uncached.allocate(3, s1);
+  EXPECT_EQ(state->raw_allocs, 2);
+  EXPECT_EQ(uncached.stats().reserved_bytes, 1003);  // exact sizes: no rounding, no 2 MiB segments
+  EXPECT_TRUE(uncached.free(a));
+  EXPECT_EQ(state->raw_frees, 1);                     // returned at once
+  // A block used on another stream goes back only after that stream's event.
+  EXPECT_TRUE(uncached.record_stream(b, Stream(0, s2)));
+  EXPECT_TRUE(uncached.free(b));
+  EXPECT_EQ(state->raw_frees, 1);
+  state->complete(Stream(0, s2));
+  uncached.allocate(8, s1);  // processes completed events
+  EXPECT_EQ(state->raw_frees, 2);
+  EXPECT_EQ(uncached.stats().reserved_bytes, 8);
+  EXPECT_EQ(uncached.stats().num_device_allocs, 3);
+}
+
 TEST_F(CachingAllocatorTest, RecordStreamWaitsForEveryStreamItNames) {
   void* p = allocator->allocate(3 * kMiB, s1);
   allocator->record_stream(p, Stream(0, s2));

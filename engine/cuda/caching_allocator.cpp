@@ -55,8 +55,9 @@ bool CachingAllocator::BlockOrder::operator()(const Block* a, const Block* b) co
   return reinterpret_cast<uintptr_t>(a->ptr) < reinterpret_cast<uintptr_t>(b->ptr);
 }
 
-CachingAllocator::CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string name, std::string op)
-    : backend_(std::move(backend)), name_(std::move(name)), op_(std::move(op)) {}
+CachingAllocator::CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string name, std::string op,
+                                   bool caching)
+    : backend_(std::move(backend)), name_(std::move(name)), op_(std::move(op)), caching_(caching) {}
 
 CachingAllocator::~CachingAllocator() {
   // Only tests destroy allocators (the process-wide ones are never destroyed, so no
@@ -94,6 +95,16 @@ void* CachingAllocator::allocate(size_t nbytes, cudaStream_t stream) {
   // streams have passed the events recorded at the free.
   process_events();
 
+  if (!caching_) {
+    Block* block = new Block(static_cast<char*>(alloc_segment(nbytes, nbytes)), nbytes, stream, /*small=*/false);
+    segments_.emplace(reinterpret_cast<uintptr_t>(block->ptr), block);
+    block->allocated = true;
+    live_blocks_.emplace(block->ptr, block);
+    stats_.allocated_bytes += static_cast<int64_t>(block->size);
+    stats_.num_alloc_requests += 1;
+    update_peaks();
+    return block->ptr;
+  }
   const size_t size = round_size(nbytes);
   const bool small = size <= kSmallSize;
   Pool& pool = small ? small_pool_ : large_pool_;
@@ -189,6 +200,15 @@ bool CachingAllocator::free(void* ptr) {
 }
 
 void CachingAllocator::free_block(Block* block) {
+  if (!caching_) {
+    // Segments are never split in this mode; cudaFree waits for queued work itself.
+    segments_.erase(reinterpret_cast<uintptr_t>(block->ptr));
+    backend_->raw_free(block->ptr);
+    stats_.reserved_bytes -= static_cast<int64_t>(block->size);
+    stats_.num_device_frees += 1;
+    delete block;
+    return;
+  }
   Pool& pool = block->small ? small_pool_ : large_pool_;
   // Merge with free neighbours of the same segment (the lower block survives, so
   // a segment's first block never goes away).

@@ -65,8 +65,12 @@ class CachingAllocator {
   static constexpr size_t kMaxRequest = size_t{1} << 56;  // larger requests are caller mistakes
 
   /// `name` appears in errors ("cuda:0", "pinned host memory"); `op` is the public
-  /// entry point named in them ("device_alloc", "pinned_alloc").
-  CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string name, std::string op);
+  /// entry point named in them ("device_alloc", "pinned_alloc"). With `caching`
+  /// false every request gets a segment of exactly its size, returned to the backend
+  /// as soon as it is free (after any record_stream events), so memory checkers see
+  /// every out-of-bounds access; for debugging only.
+  CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string name, std::string op,
+                   bool caching = true);
   /// Returns every segment (cached or still allocated) and event to the backend.
   ~CachingAllocator();
   CachingAllocator(const CachingAllocator&) = delete;
@@ -125,6 +129,7 @@ class CachingAllocator {
   std::unique_ptr<AllocatorBackend> backend_;
   std::string name_;
   std::string op_;
+  bool caching_;
   mutable std::mutex mutex_;
   Pool small_pool_;
   Pool large_pool_;

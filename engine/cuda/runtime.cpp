@@ -4,6 +4,7 @@
 #include "engine/cuda/runtime.h"
 
 #include <array>
+#include <cstdlib>
 #include <atomic>
 #include <cstdio>
 #include <memory>
@@ -147,6 +148,17 @@ struct DeviceState {
   std::unique_ptr<CachingAllocator> allocator;
 };
 
+// TANDEM_CUDA_CACHING_ALLOCATOR=0 turns caching off (one exact-size cudaMalloc per
+// tensor, freed at once) so that compute-sanitizer sees every out-of-bounds access;
+// scripts/gpu-check sets it for its memcheck stage. Read once, at first use.
+bool caching_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("TANDEM_CUDA_CACHING_ALLOCATOR");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
 // Per-device state lives for the whole process and is never destroyed, so that no
 // cudaFree or cudaStreamDestroy runs after the CUDA runtime has shut down at exit.
 DeviceState& device_state(int device) {
@@ -155,7 +167,8 @@ DeviceState& device_state(int device) {
     auto* result = new DeviceState[count > 0 ? count : 1];
     for (int i = 0; i < count; ++i)
       result[i].allocator = std::make_unique<CachingAllocator>(std::make_unique<DeviceMemoryBackend>(i),
-                                                               "cuda:" + std::to_string(i), "device_alloc");
+                                                               "cuda:" + std::to_string(i), "device_alloc",
+                                                               caching_enabled());
     return result;
   }();
   return states[device];
@@ -163,7 +176,8 @@ DeviceState& device_state(int device) {
 
 CachingAllocator& pinned_allocator() {
   static CachingAllocator* allocator =
-      new CachingAllocator(std::make_unique<PinnedMemoryBackend>(), "pinned host memory", "pinned_alloc");
+      new CachingAllocator(std::make_unique<PinnedMemoryBackend>(), "pinned host memory", "pinned_alloc",
+                           caching_enabled());
   return *allocator;
 }
 
