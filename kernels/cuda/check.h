@@ -38,3 +38,13 @@ const char* cublas_status_string(int status);
           #call, ::tandem::kernels::cuda::cublas_status_string(tandem_status_), tandem_status_, __FILE__, \
           __LINE__);                                                                                       \
   } while (0)
+
+/// For cuDNN calls; the including .cu/.cpp file includes <cudnn.h> itself (this header
+/// does not, so it stays usable in builds without cuDNN).
+#define CUDNN_CHECK(call)                                                                                  \
+  do {                                                                                                     \
+    cudnnStatus_t tandem_cudnn_status_ = (call);                                                           \
+    if (tandem_cudnn_status_ != CUDNN_STATUS_SUCCESS)                                                      \
+      ::tandem::kernels::cuda::throw_cuda_error(#call, cudnnGetErrorString(tandem_cudnn_status_),          \
+                                                static_cast<int>(tandem_cudnn_status_), __FILE__, __LINE__); \
+  } while (0)

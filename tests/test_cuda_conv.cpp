@@ -1,0 +1,173 @@
+// CUDA parity for conv2d (cuDNN) and the pooling kernels: forward and every gradient on
+// the GPU against the CPU path, for f32/f64/f16/bf16, on random data with outputs
+// poisoned. Skips with the reason when no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/ops.h"
+#include "kernels/cuda/conv.h"
+#include "layers/conv.h"
+#include "tandem/config.h"
+#include "test_util.h"
+
+namespace tandem {
+namespace {
+
+using testing::all_close;
+using testing::random_tensor;
+
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+class CudaConv : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    TANDEM_REQUIRE_CUDA();
+    set_poison_allocations(true);
+  }
+  void TearDown() override { set_poison_allocations(false); }
+};
+
+struct Tolerance {
+  double atol;
+  double rtol;
+};
+
+// cuDNN may pick Winograd or FFT algorithms, whose f32 rounding differs from a direct
+// sum by more than a GEMM's does.
+Tolerance tolerance_for(DType dt) {
+  switch (dt) {
+    case DType::kF64: return {1e-10, 1e-9};
+    case DType::kF32: return {1e-4, 1e-3};
+    case DType::kF16: return {3e-2, 1e-2};
+    default: return {8e-2, 3e-2};  // bf16
+  }
+}
+
+/// Runs fn on CPU inputs and on copies on cuda:0, then backward with the same random
+/// output gradient on both, and compares the outputs and every input gradient.
+void expect_parity(const Fn& fn, const std::vector<Shape>& shapes, DType dt, uint64_t seed) {
+  std::vector<Tensor> cpu_in, gpu_in;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    Tensor c = random_tensor(shapes[i], seed + i, dt);
+    Tensor g = c.to(Device::cuda());
+    c.set_requires_grad(true);
+    g.set_requires_grad(true);
+    cpu_in.push_back(c);
+    gpu_in.push_back(g);
+  }
+  Tensor y_cpu = fn(cpu_in), y_gpu = fn(gpu_in);
+  ASSERT_TRUE(y_gpu.is_cuda());
+  const Tolerance tol = tolerance_for(dt);
+  EXPECT_TRUE(all_close(y_gpu.cpu(), y_cpu, tol.atol, tol.rtol)) << "forward, dtype " << dtype_name(dt);
+  Tensor dy = random_tensor(y_cpu.shape(), seed + 100, dt);
+  y_cpu.backward(dy);
+  y_gpu.backward(dy.to(Device::cuda()));
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    ASSERT_TRUE(gpu_in[i].grad().defined()) << "input " << i;
+    EXPECT_TRUE(all_close(gpu_in[i].grad().cpu(), cpu_in[i].grad(), tol.atol, tol.rtol))
+        << "gradient of input " << i << ", dtype " << dtype_name(dt);
+  }
+}
+
+const DType kFloatTypes[] = {DType::kF32, DType::kF64, DType::kF16, DType::kBF16};
+
+struct ConvCase {
+  std::string name;
+  Shape x, w;
+  Conv2dOptions options;
+  bool bias;
+};
+
+TEST_F(CudaConv, Conv2dEveryCaseAndDtype) {
+  if (!TANDEM_CUDNN) GTEST_SKIP() << "this build has no cuDNN";
+  const std::vector<ConvCase> cases = {
+      {"cnn conv2 shape", {4, 32, 14, 14}, {64, 32, 3, 3}, {.padding = 1}, true},
+      {"stride 2 padding 1", {2, 3, 9, 8}, {5, 3, 3, 3}, {.stride = 2, .padding = 1}, true},
+      {"dilation 2", {2, 2, 9, 9}, {3, 2, 3, 3}, {.padding = 2, .dilation = 2}, true},
+      {"groups 2", {2, 4, 7, 7}, {6, 2, 3, 3}, {.padding = 1, .groups = 2}, true},
+      {"depthwise", {2, 8, 8, 8}, {8, 1, 3, 3}, {.padding = 1, .groups = 8}, false},
+      {"1x1 stride 2 no bias", {2, 16, 8, 8}, {32, 16, 1, 1}, {.stride = 2}, false},
+      {"non-square", {1, 3, 9, 8}, {4, 3, 2, 3}, {.stride = {2, 1}, .padding = {1, 0}, .dilation = {1, 2}}, true},
+  };
+  uint64_t seed = 1;
+  for (const ConvCase& cs : cases) {
+    SCOPED_TRACE(cs.name);
+    std::vector<Shape> shapes{cs.x, cs.w};
+    if (cs.bias) shapes.push_back({cs.w[0]});
+    const Conv2dOptions o = cs.options;
+    for (DType dt : kFloatTypes) {
+      expect_parity([o](const std::vector<Tensor>& t) { return conv2d(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), o); },
+                    shapes, dt, seed);
+      seed += 10;
+    }
+  }
+}
+
+TEST_F(CudaConv, Conv2dRepeatedCallsReuseTheCachedAlgorithm) {
+  if (!TANDEM_CUDNN) GTEST_SKIP() << "this build has no cuDNN";
+  // The second and third calls take the cached algorithm (no search) and must agree
+  // with the first exactly.
+  Tensor x = random_tensor({8, 16, 16, 16}, 500, DType::kF32, Device::cuda());
+  Tensor w = random_tensor({32, 16, 3, 3}, 501, DType::kF32, Device::cuda());
+  Tensor b = random_tensor({32}, 502, DType::kF32, Device::cuda());
+  Tensor first = conv2d(x, w, b, {.padding = 1}).cpu();
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(all_close(conv2d(x, w, b, {.padding = 1}).cpu(), first, 0, 0));
+}
+
+TEST_F(CudaConv, Conv2dLayerOnTheGpu) {
+  if (!TANDEM_CUDNN) GTEST_SKIP() << "this build has no cuDNN";
+  nn::Conv2d conv(3, 8, 3, {.stride = 2, .padding = 1});
+  Tensor x = random_tensor({4, 3, 16, 16}, 510, DType::kF32);
+  Tensor y_cpu = conv(x);
+  conv.to(Device::cuda());
+  Tensor y_gpu = conv(x.to(Device::cuda()));
+  EXPECT_EQ(y_gpu.shape(), (Shape{4, 8, 8, 8}));
+  EXPECT_TRUE(all_close(y_gpu.cpu(), y_cpu, 1e-4, 1e-3));
+}
+
+TEST_F(CudaConv, MaxPool2d) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return max_pool2d(t[0], 2); }, {{4, 8, 14, 14}}, dt, 600);
+    expect_parity([](const std::vector<Tensor>& t) { return max_pool2d(t[0], 3, {.stride = 2, .padding = 1}); },
+                  {{2, 3, 9, 8}}, dt, 610);
+    expect_parity(
+        [](const std::vector<Tensor>& t) {
+          return max_pool2d(t[0], {3, 2}, {.stride = Int2{2, 1}, .padding = 1, .dilation = {2, 1}, .ceil_mode = true});
+        },
+        {{2, 3, 9, 8}}, dt, 620);
+  }
+}
+
+TEST_F(CudaConv, AvgPool2d) {
+  for (DType dt : kFloatTypes) {
+    for (bool include_pad : {true, false}) {
+      expect_parity([](const std::vector<Tensor>& t) { return avg_pool2d(t[0], 2); }, {{4, 8, 14, 14}}, dt, 700);
+      expect_parity(
+          [include_pad](const std::vector<Tensor>& t) {
+            return avg_pool2d(t[0], 3, {.stride = 2, .padding = 1, .ceil_mode = true, .count_include_pad = include_pad});
+          },
+          {{2, 3, 9, 8}}, dt, 710);
+      expect_parity(
+          [include_pad](const std::vector<Tensor>& t) {
+            return avg_pool2d(t[0], {3, 2}, {.stride = 1, .padding = {1, 0}, .count_include_pad = include_pad});
+          },
+          {{2, 3, 7, 6}}, dt, 720);
+    }
+  }
+}
+
+TEST_F(CudaConv, AdaptiveAvgPool2d) {
+  for (DType dt : kFloatTypes) {
+    expect_parity([](const std::vector<Tensor>& t) { return adaptive_avg_pool2d(t[0], 1); }, {{4, 16, 8, 8}}, dt, 800);
+    expect_parity([](const std::vector<Tensor>& t) { return adaptive_avg_pool2d(t[0], {3, 4}); }, {{2, 3, 7, 9}}, dt,
+                  810);
+    expect_parity([](const std::vector<Tensor>& t) { return adaptive_avg_pool2d(t[0], {5, 6}); }, {{2, 3, 3, 4}}, dt,
+                  820);
+  }
+}
+
+}  // namespace
+}  // namespace tandem
