@@ -1,0 +1,51 @@
+// Adam / AdamW update as torch.optim.Adam and AdamW compute it, fused into one pass
+// over a tensor: weight decay (L2 or decoupled), both moments, optional AMSGrad
+// maximum, bias correction and the parameter step.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace tandem::kernels {
+
+/// Adam hyperparameters of one tensor's step, shared by the CPU and CUDA kernels.
+struct AdamHyper {
+  double lr = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool decoupled_weight_decay = false;  // AdamW: p *= 1 - lr·wd instead of g += wd·p
+  bool amsgrad = false;
+  int64_t step = 1;  // this tensor's step count, already incremented (>= 1)
+};
+
+/// The scalars a step needs, computed once per tensor in f64 as PyTorch does in Python.
+struct AdamCoefficients {
+  double step_size;              // lr / (1 - β1^step)
+  double bias_correction2_sqrt;  // sqrt(1 - β2^step)
+  double weight_decay;           // decoupled: the factor 1 - lr·wd; else the L2 coefficient wd
+};
+
+/// Coefficients of `h` (bias corrections use the tensor's own step count).
+inline AdamCoefficients adam_coefficients(const AdamHyper& h) {
+  const double step = static_cast<double>(h.step);
+  return {h.lr / (1.0 - std::pow(h.beta1, step)), std::sqrt(1.0 - std::pow(h.beta2, step)),
+          h.decoupled_weight_decay ? 1.0 - h.lr * h.weight_decay : h.weight_decay};
+}
+
+}  // namespace tandem::kernels
+
+namespace tandem::kernels::cpu {
+
+/// One Adam step on n elements (f32 or f64), in place on param and the moments:
+///   AdamW: p = p·(1 - lr·wd);  Adam: g = g + wd·p;
+///   m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²;  AMSGrad: v̂ = max(v̂, v), else v̂ = v;
+///   p = p - lr/(1-β1^t) · m / (sqrt(v̂)/sqrt(1-β2^t) + eps).
+/// `max_exp_avg_sq` is unused (may be null) without AMSGrad.
+void adam_step(DType dtype, void* param, const void* grad, void* exp_avg, void* exp_avg_sq, void* max_exp_avg_sq,
+               int64_t n, const AdamHyper& hyper);
+
+}  // namespace tandem::kernels::cpu

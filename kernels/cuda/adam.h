@@ -1,0 +1,39 @@
+// Fused multi-tensor Adam / AdamW on CUDA: one launch updates many tensors (params,
+// grads, both moments and the AMSGrad maximum), as PyTorch's fused optimizers do.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/stream.h"
+#include "kernels/dtype.h"
+
+namespace tandem::kernels::cuda {
+
+/// One tensor of a multi-tensor Adam step: device pointers of the same dtype.
+struct AdamTensorRef {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* exp_avg = nullptr;
+  void* exp_avg_sq = nullptr;
+  void* max_exp_avg_sq = nullptr;  // null without AMSGrad
+  int64_t numel = 0;
+  double lr = 0.0;  // per tensor, so groups with different lr share a launch
+  double weight_decay = 0.0;
+  int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
+};
+
+/// The Adam step of kernels::cpu::adam_step applied to `count` tensors of `dtype`
+/// (f32 or f64), all on the current device, each with its own lr, weight decay and
+/// step count and the shared β1, β2, eps, AMSGrad and decoupled (AdamW) flags. One
+/// launch unless more than kAdamMaxTensors tensors or kAdamMaxBlocks chunks are given.
+void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2,
+                       double eps, bool amsgrad, bool decoupled_weight_decay, cudaStream_t stream);
+
+/// Launches needed for these tensors (for tests: one per full argument struct).
+int64_t adam_multi_tensor_launches(const AdamTensorRef* tensors, int64_t count);
+
+inline constexpr int kAdamMaxTensors = 32;
+inline constexpr int kAdamMaxBlocks = 320;
+inline constexpr int64_t kAdamChunkSize = 65536;
+
+}  // namespace tandem::kernels::cuda

@@ -1,0 +1,215 @@
+// Adam / AdamW: argument checks, per-parameter step counts and moments, grouping of
+// parameters by (device, dtype), and dispatch to the fused kernels
+// (kernels/cpu/adam.cpp, kernels/cuda/adam.cu).
+#include "optim/adam.h"
+
+#include <cmath>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+
+#include "engine/autograd.h"
+#include "engine/dispatch.h"
+#include "engine/ops/factory.h"
+#include "kernels/cpu/adam.h"
+#include "kernels/cuda/adam.h"
+
+namespace tandem::optim {
+namespace {
+
+std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+void check_options(const char* name, const AdamOptions& o) {
+  auto fail = [&](const std::string& expected, double got) {
+    throw std::invalid_argument(std::string("[") + name + "] expected " + expected + ", got " + num(got));
+  };
+  if (!(o.lr >= 0.0)) fail("lr >= 0", o.lr);
+  if (!(o.eps >= 0.0)) fail("eps >= 0", o.eps);
+  if (!(o.betas[0] >= 0.0 && o.betas[0] < 1.0)) fail("betas[0] in [0, 1)", o.betas[0]);
+  if (!(o.betas[1] >= 0.0 && o.betas[1] < 1.0)) fail("betas[1] in [0, 1)", o.betas[1]);
+  if (!(o.weight_decay >= 0.0)) fail("weight_decay >= 0", o.weight_decay);
+}
+
+AdamOptions as_adam_options(const AdamWOptions& o) {
+  return {.lr = o.lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay, .amsgrad = o.amsgrad};
+}
+
+using GroupKey = std::tuple<DeviceType, int, DType>;
+
+const std::string kStepPrefix = "step.";
+
+}  // namespace
+
+Adam::Adam(std::vector<Tensor> params, const AdamOptions& options)
+    : Adam(std::vector<ParamGroup>{ParamGroup{
+               .params = std::move(params), .lr = std::nullopt, .weight_decay = std::nullopt}},
+           options, false) {}
+
+Adam::Adam(std::vector<ParamGroup> groups, const AdamOptions& options) : Adam(std::move(groups), options, false) {}
+
+Adam::Adam(std::vector<ParamGroup> groups, const AdamOptions& options, bool decoupled_weight_decay)
+    : Optimizer(options.lr, options.weight_decay), options_(options), decoupled_(decoupled_weight_decay) {
+  check_options(name(), options_);
+  for (ParamGroup& g : groups) add_param_group(std::move(g));
+}
+
+AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& options)
+    : Adam(std::vector<ParamGroup>{ParamGroup{
+               .params = std::move(params), .lr = std::nullopt, .weight_decay = std::nullopt}},
+           as_adam_options(options), true) {}
+
+AdamW::AdamW(std::vector<ParamGroup> groups, const AdamWOptions& options)
+    : Adam(std::move(groups), as_adam_options(options), true) {}
+
+std::vector<std::string> Adam::state_kinds() const {
+  if (options_.amsgrad) return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  return {"exp_avg", "exp_avg_sq"};
+}
+
+void Adam::step() {
+  autograd::NoGradGuard no_grad;
+  std::vector<Tensor>& exp_avg = state("exp_avg");
+  std::vector<Tensor>& exp_avg_sq = state("exp_avg_sq");
+  std::vector<Tensor>* max_exp_avg_sq = options_.amsgrad ? &state("max_exp_avg_sq") : nullptr;
+  steps_.resize(flat_index(groups_.size(), 0), 0);
+
+  // Every check runs before any update, so a bad parameter leaves all of them untouched.
+  struct Item {
+    Tensor param, grad;
+    size_t flat;
+    double lr, weight_decay;
+  };
+  std::vector<Item> items;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const ParamGroup& group = groups_[g];
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      const Tensor& p = group.params[i];
+      Tensor grad = p.grad();
+      if (!grad.defined()) continue;
+      const std::string where = "parameter " + std::to_string(i) + " of group " + std::to_string(g) + " (shape " +
+                                shape_str(p.shape()) + ")";
+      if (!(grad.device() == p.device())) {
+        throw std::invalid_argument(std::string("[") + name() + "] expected the gradient of " + where + " on " +
+                                    p.device().str() + " like the parameter, got it on " + grad.device().str());
+      }
+      if (grad.dtype() != p.dtype() || grad.shape() != p.shape()) {
+        throw std::invalid_argument(std::string("[") + name() + "] expected the gradient of " + where + " to be " +
+                                    std::string(dtype_name(p.dtype())) + " " + shape_str(p.shape()) + ", got " +
+                                    std::string(dtype_name(grad.dtype())) + " " + shape_str(grad.shape()));
+      }
+      if (p.dtype() != DType::kF32 && p.dtype() != DType::kF64) throw_unsupported("adam", p.device(), p.dtype());
+      items.push_back({p, grad, flat_index(g, i), group.lr.value(), group.weight_decay.value()});
+    }
+  }
+
+  // One kernel argument list per (device, dtype); `items` and the state keep the tensors alive.
+  std::map<GroupKey, std::vector<kernels::cuda::AdamTensorRef>> by_device;
+  for (Item& item : items) {
+    const TensorOptions like{.dtype = item.param.dtype(), .device = item.param.device()};
+    Tensor& m = exp_avg[item.flat];
+    Tensor& v = exp_avg_sq[item.flat];
+    if (!m.defined()) m = zeros(item.param.shape(), like);
+    if (!v.defined()) v = zeros(item.param.shape(), like);
+    kernels::cuda::AdamTensorRef ref;
+    ref.param = item.param.data_ptr();
+    ref.grad = item.grad.data_ptr();
+    ref.exp_avg = m.data_ptr();
+    ref.exp_avg_sq = v.data_ptr();
+    if (max_exp_avg_sq) {
+      Tensor& v_max = (*max_exp_avg_sq)[item.flat];
+      if (!v_max.defined()) v_max = zeros(item.param.shape(), like);
+      ref.max_exp_avg_sq = v_max.data_ptr();
+    }
+    ref.numel = item.param.numel();
+    ref.lr = item.lr;
+    ref.weight_decay = item.weight_decay;
+    ref.step = ++steps_[item.flat];
+    const Device d = item.param.device();
+    by_device[GroupKey{d.type, d.index, item.param.dtype()}].push_back(ref);
+  }
+
+  const double beta1 = options_.betas[0], beta2 = options_.betas[1];
+  for (auto& [key, refs] : by_device) {
+    const Device device{std::get<0>(key), std::get<1>(key)};
+    const DType dtype = std::get<2>(key);
+    dispatch_device(
+        "adam", device,
+        [&] {
+          for (const auto& ref : refs) {
+            kernels::AdamHyper hyper{.lr = ref.lr, .beta1 = beta1, .beta2 = beta2, .eps = options_.eps,
+                                     .weight_decay = ref.weight_decay, .decoupled_weight_decay = decoupled_,
+                                     .amsgrad = options_.amsgrad, .step = ref.step};
+            kernels::cpu::adam_step(dtype, ref.param, ref.grad, ref.exp_avg, ref.exp_avg_sq, ref.max_exp_avg_sq,
+                                    ref.numel, hyper);
+          }
+        },
+        [&](auto) {
+          kernels::cuda::adam_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), beta1, beta2,
+                                           options_.eps, options_.amsgrad, decoupled_, cuda_stream(device));
+        });
+  }
+  ++step_count_;
+}
+
+OptimizerState Adam::state_dict() const {
+  OptimizerState out = Optimizer::state_dict();
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    if (steps_[i] > 0) out.scalars[kStepPrefix + std::to_string(i)] = static_cast<double>(steps_[i]);
+  }
+  return out;
+}
+
+void Adam::load_state_dict(const OptimizerState& saved) {
+  const size_t total = flat_index(groups_.size(), 0);
+  // A parameter has been stepped iff it has a step count; then it must have its moments.
+  std::vector<std::string> problems;
+  std::vector<int64_t> steps(total, 0);
+  OptimizerState base = saved;
+  for (auto it = base.scalars.begin(); it != base.scalars.end();) {
+    if (it->first.rfind(kStepPrefix, 0) != 0) {
+      ++it;
+      continue;
+    }
+    const std::string index = it->first.substr(kStepPrefix.size());
+    const double value = it->second;
+    size_t flat = total;
+    if (!index.empty() && index.size() < 19 && index.find_first_not_of("0123456789") == std::string::npos) {
+      flat = static_cast<size_t>(std::stoull(index));
+    }
+    if (flat >= total) {
+      problems.push_back("unexpected scalar " + it->first);
+    } else if (!(value >= 1.0 && value == std::floor(value))) {
+      problems.push_back("scalar " + it->first + ": expected a step count >= 1, got " + num(value));
+    } else {
+      steps[flat] = static_cast<int64_t>(value);
+    }
+    it = base.scalars.erase(it);
+  }
+  for (size_t i = 0; i < total; ++i) {
+    const std::string index = std::to_string(i);
+    bool any_tensor = false;
+    for (const std::string& kind : state_kinds()) {
+      const bool has_tensor = saved.tensors.count(kind + "." + index) > 0;
+      any_tensor = any_tensor || has_tensor;
+      if (steps[i] > 0 && !has_tensor) problems.push_back("missing tensor " + kind + "." + index);
+    }
+    if (any_tensor && !saved.scalars.count(kStepPrefix + index)) problems.push_back("missing scalar step." + index);
+  }
+  if (!problems.empty()) {
+    std::string msg = std::string("[") + name() + "::load_state_dict] state does not match this optimizer (" +
+                      std::to_string(total) + " parameters): ";
+    for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; " : "") + problems[i];
+    throw std::invalid_argument(msg);
+  }
+  Optimizer::load_state_dict(base);  // checks the rest; throws before changing anything
+  steps_ = std::move(steps);
+}
+
+}  // namespace tandem::optim

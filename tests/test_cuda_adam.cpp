@@ -1,0 +1,197 @@
+// GPU tests of the optim/ additions: the fused multi-tensor Adam / AdamW launch against
+// the CPU kernel (f32 and f64, AMSGrad, many tensors, multi-chunk and oversized
+// tensors, a parameter that misses steps), the multi-tensor norm and scale of
+// clip_grad_norm against the CPU path, and the host-side launch plans.
+#include <cmath>
+#include <limits>
+
+#include "engine/ops.h"
+#include "kernels/cuda/adam.h"
+#include "kernels/cuda/norm2.h"
+#include "optim/adam.h"
+#include "optim/clip.h"
+#include "tandem/config.h"
+#include "test_util.h"
+
+using namespace tandem;
+using tandem::testing::all_close;
+using tandem::testing::random_tensor;
+
+namespace {
+
+/// Runs `steps` steps of Adam (AdamW when decoupled) on CPU and CUDA copies of the same
+/// random parameters and gradients; compares parameters after every step and the state at the end.
+void compare_cpu_cuda(const std::vector<Shape>& shapes, DType dtype, const optim::AdamOptions& o, bool decoupled,
+                      int steps, double atol, double rtol) {
+  set_poison_allocations(true);
+  std::vector<Tensor> cpu_params, gpu_params;
+  uint64_t seed = 100;
+  for (const Shape& s : shapes) {
+    Tensor p = random_tensor(s, seed++, dtype);
+    cpu_params.push_back(p.clone().detach().set_requires_grad(true));
+    gpu_params.push_back(p.to(Device::cuda()).detach().set_requires_grad(true));
+  }
+  auto make = [&](std::vector<Tensor> params) -> std::unique_ptr<optim::Adam> {
+    if (!decoupled) return std::make_unique<optim::Adam>(params, o);
+    return std::make_unique<optim::AdamW>(params, optim::AdamWOptions{.lr = o.lr, .betas = o.betas, .eps = o.eps,
+                                                                       .weight_decay = o.weight_decay,
+                                                                       .amsgrad = o.amsgrad});
+  };
+  auto cpu_opt = make(cpu_params);
+  auto gpu_opt = make(gpu_params);
+  for (int k = 0; k < steps; ++k) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      // Parameter 1 misses the first step: its own step count lags (bias correction per tensor).
+      if (k == 0 && i == 1) continue;
+      Tensor g = random_tensor(shapes[i], 1000 * (k + 1) + i, dtype);
+      cpu_params[i].set_grad(g);
+      gpu_params[i].set_grad(g.to(Device::cuda()));
+    }
+    cpu_opt->step();
+    gpu_opt->step();
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      ASSERT_TRUE(all_close(gpu_params[i].cpu(), cpu_params[i], atol, rtol)) << "step " << k << " tensor " << i;
+    }
+  }
+  auto cpu_state = cpu_opt->state_dict(), gpu_state = gpu_opt->state_dict();
+  ASSERT_EQ(cpu_state.tensors.size(), gpu_state.tensors.size());
+  for (auto& [name, t] : cpu_state.tensors) {
+    EXPECT_TRUE(all_close(gpu_state.tensors.at(name).cpu(), t, atol, rtol)) << name;
+  }
+  EXPECT_EQ(cpu_state.scalars, gpu_state.scalars);
+  set_poison_allocations(false);
+}
+
+}  // namespace
+
+TEST(CudaAdam, MatchesCpuF32AndF64) {
+  TANDEM_REQUIRE_CUDA();
+  std::vector<Shape> shapes{{7}, {33, 5}, {65536 * 3 + 11}, {1}, {256, 784}};
+  for (bool decoupled : {false, true}) {
+    for (bool amsgrad : {false, true}) {
+      SCOPED_TRACE(std::string(decoupled ? "AdamW" : "Adam") + (amsgrad ? " amsgrad" : ""));
+      optim::AdamOptions o{.lr = 0.01, .betas = {0.8, 0.95}, .eps = 1e-6, .weight_decay = 0.05, .amsgrad = amsgrad};
+      compare_cpu_cuda(shapes, DType::kF64, o, decoupled, 4, 1e-12, 1e-11);
+      compare_cpu_cuda(shapes, DType::kF32, o, decoupled, 4, 1e-5, 1e-4);
+    }
+  }
+  compare_cpu_cuda(shapes, DType::kF32, {}, false, 3, 1e-5, 1e-4);  // defaults, no weight decay
+}
+
+TEST(CudaAdam, ManyTensorsAndOversizedTensor) {
+  TANDEM_REQUIRE_CUDA();
+  // 70 tensors (more than one argument struct holds) and one tensor of more chunks
+  // than one launch's block map, so a tensor continues into the next launch.
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 70; ++i) shapes.push_back({(i * 37) % 500 + 1});
+  shapes.push_back({int64_t(kernels::cuda::kAdamMaxBlocks + 10) * kernels::cuda::kAdamChunkSize + 5});
+  compare_cpu_cuda(shapes, DType::kF32, {.lr = 1e-3, .weight_decay = 1e-4, .amsgrad = true}, true, 2, 1e-5, 1e-4);
+}
+
+TEST(CudaAdam, ParamGroupsWithDifferentLrShareALaunch) {
+  TANDEM_REQUIRE_CUDA();
+  Tensor a = random_tensor({100}, 1, DType::kF64, Device::cuda()).set_requires_grad(true);
+  Tensor b = random_tensor({100}, 2, DType::kF64, Device::cuda()).set_requires_grad(true);
+  Tensor a0 = a.cpu(), b0 = b.cpu();
+  Tensor g = random_tensor({100}, 3, DType::kF64, Device::cuda());
+  a.set_grad(g);
+  b.set_grad(g);
+  optim::AdamW opt(std::vector<optim::ParamGroup>{{.params = {a}, .lr = 0.1, .weight_decay = 0.0},
+                                                  {.params = {b}, .lr = 0.3, .weight_decay = 0.5}},
+                   {.eps = 0.0});
+  opt.step();
+  // First step, no eps: p = p·(1 - lr·wd) - lr·sign(g).
+  Tensor gc = g.cpu();
+  Tensor sign = gc / sqrt(gc * gc);
+  EXPECT_TRUE(all_close(a.cpu(), a0 - 0.1 * sign, 1e-12, 1e-12));
+  EXPECT_TRUE(all_close(b.cpu(), b0 * (1 - 0.3 * 0.5) - 0.3 * sign, 1e-12, 1e-12));
+}
+
+TEST(CudaAdam, LaunchPlan) {
+#if TANDEM_CUDA
+  // Host-side packing only: runs without a GPU in a CUDA build.
+  using kernels::cuda::AdamTensorRef;
+  using kernels::cuda::kAdamChunkSize;
+  auto launches = [](std::vector<int64_t> sizes) {
+    std::vector<AdamTensorRef> refs;
+    for (int64_t n : sizes) refs.push_back({.numel = n});
+    return kernels::cuda::adam_multi_tensor_launches(refs.data(), static_cast<int64_t>(refs.size()));
+  };
+  EXPECT_EQ(launches({}), 0);
+  EXPECT_EQ(launches({0, 0}), 0);
+  EXPECT_EQ(launches({10, 20, 30, 40}), 1);  // an MLP's four tensors: one launch
+  EXPECT_EQ(launches(std::vector<int64_t>(32, 5)), 1);
+  EXPECT_EQ(launches(std::vector<int64_t>(33, 5)), 2);
+  EXPECT_EQ(launches({320 * kAdamChunkSize}), 1);
+  EXPECT_EQ(launches({320 * kAdamChunkSize + 1}), 2);
+  // ResNet-18's 62 parameter tensors (11.2M elements): 3 launches, not 62.
+  std::vector<int64_t> resnet(62, 11'200'000 / 62);
+  EXPECT_LE(launches(resnet), 3);
+
+  std::vector<int64_t> sizes(200, 5);
+  EXPECT_EQ(kernels::cuda::multi_tensor_norm_launches(sizes.data(), 128), 2);  // one partials launch + reduction
+  EXPECT_EQ(kernels::cuda::multi_tensor_norm_launches(sizes.data(), 129), 3);
+  EXPECT_EQ(kernels::cuda::multi_tensor_norm_workspace(sizes.data(), 200), 201);
+  std::vector<int64_t> none{0};
+  EXPECT_EQ(kernels::cuda::multi_tensor_norm_launches(none.data(), 1), 0);
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+TEST(CudaClipGradNorm, MatchesCpuAcrossDtypesAndNorms) {
+  TANDEM_REQUIRE_CUDA();
+  set_poison_allocations(true);
+  const double inf = std::numeric_limits<double>::infinity();
+  // 150 tensors (more than one argument struct) plus a multi-launch tensor.
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 150; ++i) shapes.push_back({(i * 53) % 900 + 1});
+  shapes.push_back({int64_t(kernels::cuda::kNormMaxBlocks + 3) * 65536 + 17});
+  for (DType dtype : {DType::kF64, DType::kF32, DType::kBF16, DType::kF16}) {
+    for (double p : {2.0, inf, 3.0, 1.0}) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " p=" + std::to_string(p));
+      std::vector<Tensor> cpu_params, gpu_params;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        Tensor g = random_tensor(shapes[i], 10 + i, dtype);
+        Tensor pc = random_tensor(shapes[i], 5000 + i, dtype).set_requires_grad(true);
+        Tensor pg = pc.to(Device::cuda()).detach().set_requires_grad(true);
+        pc.set_grad(g.clone());
+        pg.set_grad(g.to(Device::cuda()));
+        cpu_params.push_back(pc);
+        gpu_params.push_back(pg);
+      }
+      const double want = optim::clip_grad_norm(cpu_params, 1e30, p);  // no clipping
+      const double got = optim::clip_grad_norm(gpu_params, 1e30, p);
+      EXPECT_NEAR(got, want, 1e-10 * want);  // both accumulate in f64; only the order differs
+      const double max_norm = want / 3;
+      const double cpu_clip = optim::clip_grad_norm(cpu_params, max_norm, p);
+      const double gpu_clip = optim::clip_grad_norm(gpu_params, max_norm, p);
+      EXPECT_NEAR(gpu_clip, cpu_clip, 1e-10 * want);
+      const double tol = dtype == DType::kF64 ? 1e-14 : dtype == DType::kF32 ? 1e-6 : 1e-2;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        ASSERT_TRUE(all_close(gpu_params[i].grad().cpu(), cpu_params[i].grad(), tol, tol)) << "tensor " << i;
+      }
+    }
+  }
+  set_poison_allocations(false);
+}
+
+TEST(CudaClipGradNorm, NanAndMixedDevices) {
+  TANDEM_REQUIRE_CUDA();
+  Tensor p = random_tensor({1000}, 1, DType::kF32, Device::cuda()).set_requires_grad(true);
+  std::vector<double> values(1000, 0.5);
+  values[777] = std::nan("");
+  p.set_grad(Tensor::from_vector(values, {1000}).to(DType::kF32).to(Device::cuda()));
+  EXPECT_TRUE(std::isnan(optim::clip_grad_norm({p}, 1e9)));
+  p.set_grad(Tensor::from_vector(values, {1000}).to(DType::kF32).to(Device::cuda()));
+  EXPECT_TRUE(std::isnan(optim::clip_grad_norm({p}, 1e9, std::numeric_limits<double>::infinity())));
+  EXPECT_THROW(optim::clip_grad_norm({p}, 1.0, 2.0, true), std::runtime_error);
+  // A CPU and a CUDA gradient: one global norm over both.
+  Tensor c = Tensor::from_vector(std::vector<double>{3.0}, {1}).set_requires_grad(true);
+  c.set_grad(Tensor::from_vector(std::vector<double>{3.0}, {1}));
+  Tensor d = Tensor::from_vector(std::vector<double>{4.0}, {1}, Device::cuda()).set_requires_grad(true);
+  d.set_grad(Tensor::from_vector(std::vector<double>{4.0}, {1}, Device::cuda()));
+  EXPECT_DOUBLE_EQ(optim::clip_grad_norm({c, d}, 1.0), 5.0);
+  EXPECT_NEAR(c.grad().item(), 3.0 / (5.0 + 1e-6), 1e-15);
+  EXPECT_NEAR(d.grad().item(), 4.0 / (5.0 + 1e-6), 1e-15);
+}
