@@ -10,6 +10,9 @@
 
 namespace tandem::data {
 
+/// Which part of a data set with a fixed train/test split to load.
+enum class Split { kTrain, kTest };
+
 /// A batch of samples: inputs stacked along dim 0, targets likewise.
 struct Batch {
   Tensor input;

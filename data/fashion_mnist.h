@@ -8,7 +8,6 @@
 
 namespace tandem::data {
 
-enum class Split { kTrain, kTest };
 
 /// Where Debian's dataset-fashion-mnist package installs the files.
 inline constexpr const char* kFashionMnistDefaultDir = "/usr/share/datasets/fashion-mnist";

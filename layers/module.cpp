@@ -169,16 +169,21 @@ void Module::zero_grad(bool set_to_none) {
 }
 
 StateDict Module::state_dict() const {
+  // torch's order: each module's own parameters, then its own buffers, then its
+  // children's entries, depth first.
   StateDict out;
-  for (auto& [name, t] : named_parameters()) out.emplace_back(name, t.detach());
-  for (auto& [name, t] : named_buffers()) out.emplace_back(name, t.detach());
+  for (const auto& [name, t] : parameters_) out.emplace_back(name, t.detach());
+  for (const auto& [name, t] : buffers_) out.emplace_back(name, t.detach());
+  for (const auto& [child_name, child] : children_) {
+    for (auto& [name, t] : child->state_dict()) out.emplace_back(join(child_name, name), std::move(t));
+  }
   return out;
 }
 
 void Module::load_state_dict(const StateDict& dict, bool strict) {
   StateDict own = named_parameters();
   StateDict own_buffers = named_buffers();
-  own.insert(own.end(), own_buffers.begin(), own_buffers.end());
+  own.insert(own.end(), own_buffers.begin(), own_buffers.end());  // live tensors, not state_dict()'s detached copies
   std::map<std::string, const Tensor*> given;
   for (const auto& [name, t] : dict) given[name] = &t;
   std::map<std::string, const Tensor*> mine;

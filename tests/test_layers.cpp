@@ -160,11 +160,12 @@ TEST(Module, StateDictRoundTrip) {
   Outer a, b;
   a.first->stats.copy_(Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}));
   StateDict sd = a.state_dict();
-  EXPECT_EQ(names_of(sd), (std::vector<std::string>{"bias", "first.scale", "first.fc.weight", "first.fc.bias",
-                                                    "head.0.weight", "head.0.bias", "first.count", "first.stats"}));
+  // torch's order: each module's parameters, then its buffers, then its children.
+  EXPECT_EQ(names_of(sd), (std::vector<std::string>{"bias", "first.scale", "first.count", "first.stats",
+                                                    "first.fc.weight", "first.fc.bias", "head.0.weight", "head.0.bias"}));
   // The state dict shares data with the module, like PyTorch's.
-  EXPECT_EQ(sd[2].second.data_ptr(), a.first->fc->weight().data_ptr());
-  EXPECT_FALSE(sd[2].second.requires_grad());
+  EXPECT_EQ(sd[4].second.data_ptr(), a.first->fc->weight().data_ptr());
+  EXPECT_FALSE(sd[4].second.requires_grad());
 
   Tensor bw = b.first->fc->weight();
   void* ptr = bw.data_ptr();

@@ -1,0 +1,262 @@
+// Tests of the convolutional models: CNN and ResNet-18 output shapes for 1 and 3
+// channels, parameter counts and state_dict names/shapes against PyTorch
+// (tests/fixtures/models.json from fixtures_models.py), state_dict round trips,
+// BasicBlock shortcuts, a few SGD steps of the CNN on SyntheticImages, and one
+// ResNet-18 training step.
+#include <cmath>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "data/synthetic.h"
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "layers/models/cnn.h"
+#include "layers/models/resnet.h"
+#include "optim/sgd.h"
+#include "test_util.h"
+
+using namespace tandem;
+using namespace tandem::nn;
+using tandem::testing::all_close;
+using tandem::testing::expect_invalid;
+using tandem::testing::load_fixture;
+using tandem::testing::random_tensor;
+
+namespace {
+
+std::vector<std::string> names_of(const std::vector<std::pair<std::string, Tensor>>& named) {
+  std::vector<std::string> out;
+  for (const auto& entry : named) out.push_back(entry.first);
+  return out;
+}
+
+/// Checks a module's parameter count, parameter names (in order) and state_dict
+/// (names and shapes) against the PyTorch description `want` from models.json.
+/// Module::state_dict lists all parameters before all buffers where torch interleaves
+/// them per module, so the state_dict is compared by name.
+void expect_matches_torch(const Module& m, const nlohmann::json& want) {
+  EXPECT_EQ(m.num_parameters(), want["num_parameters"].get<int64_t>());
+  EXPECT_EQ(names_of(m.named_parameters()), want["parameters"].get<std::vector<std::string>>());
+  std::map<std::string, Shape> got_sd, want_sd;
+  for (const auto& [name, t] : m.state_dict()) got_sd[name] = t.shape();
+  for (const auto& entry : want["state_dict"]) want_sd[entry[0].get<std::string>()] = entry[1].get<Shape>();
+  EXPECT_EQ(got_sd.size(), m.state_dict().size()) << "duplicate names";
+  EXPECT_EQ(got_sd, want_sd);
+}
+
+/// Gives every parameter and floating buffer new random values so a round trip
+/// cannot pass by accident on the initial values.
+void randomise(Module& m, uint64_t seed) {
+  autograd::NoGradGuard no_grad;
+  for (auto& [name, t] : m.state_dict()) {
+    if (!is_floating(t.dtype())) continue;
+    Tensor r = random_tensor(t.shape(), seed++, t.dtype(), t.device(), 0.5, 1.5);
+    t.copy_(r);
+  }
+}
+
+}  // namespace
+
+// ---- CNN ------------------------------------------------------------------------------
+
+TEST(CNN, OutputShapesForGreyAndColourInputs) {
+  models::CNN grey;
+  EXPECT_EQ(grey.flatten_features(), 3136);
+  EXPECT_EQ(grey(random_tensor({4, 1, 28, 28}, 1, DType::kF32)).shape(), (Shape{4, 10}));
+
+  models::CNN colour({.in_channels = 3, .num_classes = 7, .image_size = 32});
+  EXPECT_EQ(colour.flatten_features(), 4096);
+  EXPECT_EQ(colour(random_tensor({2, 3, 32, 32}, 2, DType::kF32)).shape(), (Shape{2, 7}));
+
+  // Odd sizes round down at each pooling, as torch's MaxPool2d(2): 30 -> 15 -> 7.
+  models::CNN odd({.image_size = 30});
+  EXPECT_EQ(odd.flatten_features(), 64 * 7 * 7);
+  EXPECT_EQ(odd(random_tensor({1, 1, 30, 30}, 3, DType::kF32)).shape(), (Shape{1, 10}));
+}
+
+TEST(CNN, ParametersAndStateDictMatchTorchSequential) {
+  auto fx = load_fixture("models.json");
+  models::CNN grey;
+  expect_matches_torch(grey, fx["cnn_1x28"]);
+  EXPECT_EQ(names_of(grey.named_parameters()),
+            (std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias", "5.weight",
+                                      "5.bias", "9.weight", "9.bias", "11.weight", "11.bias"}));
+  EXPECT_EQ(grey.num_parameters(), 421834);
+  models::CNN colour({.in_channels = 3, .image_size = 32});
+  expect_matches_torch(colour, fx["cnn_3x32"]);
+}
+
+TEST(CNN, StateDictRoundTrip) {
+  models::CNN a, b;
+  randomise(a, 100);
+  // Training-mode forwards update a's running statistics and batch counters.
+  Tensor x = random_tensor({3, 1, 28, 28}, 4, DType::kF32);
+  a(x);
+  a(x);
+  b.load_state_dict(a.state_dict());
+  StateDict sa = a.state_dict(), sb = b.state_dict();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) {
+    EXPECT_EQ(sa[i].first, sb[i].first);
+    EXPECT_TRUE(all_close(sb[i].second, sa[i].second, 0.0, 0.0)) << sa[i].first;
+  }
+  a.eval();
+  b.eval();
+  EXPECT_TRUE(all_close(b(x), a(x), 0.0, 0.0));
+}
+
+TEST(CNN, BadOptions) {
+  expect_invalid([] { models::CNN({.in_channels = 0}); }, {"[CNN]", "got 0"});
+  expect_invalid([] { models::CNN({.image_size = 3}); }, {"[CNN]", "image_size >= 4", "got 3"});
+}
+
+TEST(CNN, WrongInputChannelsIsAnError) {
+  models::CNN grey;
+  EXPECT_THROW(grey(random_tensor({2, 3, 28, 28}, 5, DType::kF32)), std::invalid_argument);
+}
+
+TEST(CNN, SGDStepsOnSyntheticImagesLowerTheLoss) {
+  manual_seed(7);
+  data::SyntheticImages ds(64, {1, 12, 12}, 4, 11, 0.5);
+  std::vector<int64_t> idx(32);
+  for (int64_t i = 0; i < 32; ++i) idx[static_cast<size_t>(i)] = i;
+  data::Batch batch = ds.get_batch(idx);
+
+  models::CNN cnn({.num_classes = 4, .image_size = 12, .hidden = 32});
+  optim::SGD opt(cnn.parameters(), {.lr = 0.05, .momentum = 0.9});
+  double first = 0, last = 0;
+  for (int step = 0; step < 8; ++step) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(cnn(batch.input), batch.target);
+    loss.backward();
+    opt.step();
+    if (step == 0) first = loss.item();
+    last = loss.item();
+  }
+  EXPECT_TRUE(std::isfinite(last));
+  EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
+}
+
+// ---- BasicBlock -----------------------------------------------------------------------
+
+TEST(BasicBlock, IdentityShortcutKeepsShape) {
+  BasicBlock block(8, 8);
+  EXPECT_EQ(block.downsample(), nullptr);
+  EXPECT_EQ(names_of(block.named_parameters()),
+            (std::vector<std::string>{"conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight",
+                                      "bn2.bias"}));
+  Tensor x = random_tensor({2, 8, 5, 5}, 6, DType::kF32);
+  Tensor y = block(x);
+  EXPECT_EQ(y.shape(), x.shape());
+  // The final ReLU: nothing negative.
+  for (float v : y.to_vector<float>()) ASSERT_GE(v, 0.0f);
+}
+
+TEST(BasicBlock, DownsampleWhenStrideOrChannelsChange) {
+  BasicBlock strided(8, 16, 2);
+  ASSERT_NE(strided.downsample(), nullptr);
+  auto names = names_of(strided.named_parameters());
+  EXPECT_EQ(names.back(), "downsample.1.bias");
+  EXPECT_EQ(strided(random_tensor({2, 8, 7, 7}, 7, DType::kF32)).shape(), (Shape{2, 16, 4, 4}));
+
+  BasicBlock wider(8, 16, 1);
+  ASSERT_NE(wider.downsample(), nullptr);
+  EXPECT_EQ(wider(random_tensor({1, 8, 6, 6}, 8, DType::kF32)).shape(), (Shape{1, 16, 6, 6}));
+}
+
+TEST(BasicBlock, GradientsReachTheInputThroughBothPaths) {
+  BasicBlock block(4, 8, 2);
+  Tensor x = random_tensor({2, 4, 6, 6}, 9, DType::kF32).set_requires_grad(true);
+  block(x).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  for (auto& [name, p] : block.named_parameters()) EXPECT_TRUE(p.grad().defined()) << name;
+}
+
+TEST(BasicBlock, BadArguments) {
+  expect_invalid([] { BasicBlock(0, 8); }, {"[BasicBlock]", "got 0"});
+  expect_invalid([] { BasicBlock(8, 8, 0); }, {"[BasicBlock]", "stride", "got 8, 8 and 0"});
+}
+
+// ---- ResNet-18 ------------------------------------------------------------------------
+
+TEST(ResNet18, ParameterCountAndStateDictMatchTorch) {
+  auto fx = load_fixture("models.json");
+  models::ResNet18 colour;
+  // torchvision-style CIFAR ResNet-18 (3x3 stem, no max-pool), counted in torch by
+  // tests/fixtures_models.py.
+  EXPECT_EQ(colour.num_parameters(), 11173962);
+  expect_matches_torch(colour, fx["resnet18_3"]);
+  models::ResNet18 grey({.in_channels = 1});
+  expect_matches_torch(grey, fx["resnet18_1"]);
+}
+
+TEST(ResNet18, ConvolutionsStartWithFanOutKaimingScale) {
+  models::ResNet18 net;
+  for (auto& [name, p] : net.named_parameters()) {
+    if (p.dim() != 4) continue;
+    auto v = p.to_vector<float>();
+    double sq = 0.0;
+    for (float x : v) sq += static_cast<double>(x) * x;
+    const double want = std::sqrt(2.0 / static_cast<double>(p.size(0) * p.size(2) * p.size(3)));
+    // Sample std within 10% of the target (the smallest tensor has 4096 elements).
+    EXPECT_NEAR(std::sqrt(sq / static_cast<double>(v.size())), want, 0.1 * want) << name;
+  }
+}
+
+TEST(ResNet18, OutputShapes) {
+  models::ResNet18 grey({.in_channels = 1, .num_classes = 10});
+  grey.eval();
+  EXPECT_EQ(grey(random_tensor({1, 1, 28, 28}, 10, DType::kF32)).shape(), (Shape{1, 10}));
+  models::ResNet18 colour({.in_channels = 3, .num_classes = 5});
+  colour.eval();
+  EXPECT_EQ(colour(random_tensor({1, 3, 32, 32}, 11, DType::kF32)).shape(), (Shape{1, 5}));
+}
+
+TEST(ResNet18, StateDictRoundTrip) {
+  models::ResNet18 a({.in_channels = 1}), b({.in_channels = 1});
+  randomise(a, 200);
+  b.load_state_dict(a.state_dict());
+  StateDict sa = a.state_dict(), sb = b.state_dict();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) {
+    EXPECT_EQ(sa[i].first, sb[i].first);
+    EXPECT_TRUE(all_close(sb[i].second, sa[i].second, 0.0, 0.0)) << sa[i].first;
+  }
+  // A CNN's state does not fit: the error names what differs.
+  models::CNN cnn;
+  EXPECT_THROW(b.load_state_dict(cnn.state_dict()), std::invalid_argument);
+}
+
+TEST(ResNet18, OneTrainingStepAtBatchTwo) {
+  manual_seed(3);
+  data::SyntheticImages ds(2, {3, 32, 32}, 10, 5);
+  std::vector<int64_t> idx{0, 1};
+  data::Batch batch = ds.get_batch(idx);
+  models::ResNet18 net;
+  optim::SGD opt(net.parameters(), {.lr = 0.01, .momentum = 0.9});
+  StateDict before;
+  for (auto& [name, p] : net.named_parameters()) before.emplace_back(name, p.detach().clone());
+
+  opt.zero_grad();
+  Tensor logits = net(batch.input);
+  EXPECT_EQ(logits.shape(), (Shape{2, 10}));
+  Tensor loss = cross_entropy(logits, batch.target);
+  ASSERT_TRUE(std::isfinite(loss.item()));
+  loss.backward();
+  for (auto& [name, p] : net.named_parameters()) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    EXPECT_EQ(p.grad().shape(), p.shape()) << name;
+  }
+  opt.step();
+  // Every parameter moved.
+  auto after = net.named_parameters();
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_FALSE(all_close(after[i].second, before[i].second, 0.0, 0.0)) << after[i].first;
+  }
+}
+
+TEST(ResNet18, BadOptions) {
+  expect_invalid([] { models::ResNet18({.in_channels = 2}); }, {"[ResNet18]", "in_channels 1 or 3", "got 2"});
+  expect_invalid([] { models::ResNet18({.num_classes = 0}); }, {"[ResNet18]", "num_classes >= 1", "got 0"});
+}
