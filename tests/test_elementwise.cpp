@@ -233,3 +233,14 @@ TEST(Factory, FillsAndRanges) {
   EXPECT_THROW(arange(0.0, 1.0, 0.0), std::invalid_argument);
   EXPECT_TRUE(zeros({2}, {.requires_grad = true}).requires_grad());
 }
+
+TEST(Binary, EmptyTensorsBroadcastAndReduce) {
+  Tensor a = zeros({0, 3}, {.dtype = DType::kF64, .requires_grad = true});
+  Tensor b = ones({3}, {.dtype = DType::kF64, .requires_grad = true});
+  Tensor y = a * b + b;
+  EXPECT_EQ(y.shape(), (Shape{0, 3}));
+  y.sum().backward();
+  EXPECT_EQ(a.grad().shape(), (Shape{0, 3}));
+  EXPECT_EQ(b.grad().to_vector<double>(), (std::vector<double>{0, 0, 0}));
+  EXPECT_EQ(broadcast_to(b.detach(), {0, 3}).numel(), 0);
+}

@@ -142,6 +142,7 @@ void unary_grad(UnaryGradOp op, DType dtype, void* dx, const void* dy, const voi
 
 void binary(BinaryOp op, DType dtype, void* out, const void* a, const void* b, double alpha,
             const BroadcastLayout& layout, int64_t n) {
+  if (n == 0) return;  // a zero extent would divide the row count by zero below
   visit_all(dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same_v<T, bool> || std::is_same_v<T, uint8_t>) {
@@ -164,6 +165,7 @@ void scalar(ScalarOp op, DType dtype, void* out, const void* a, double s, int64_
 }
 
 void broadcast_copy(DType dtype, void* out, const void* in, const BroadcastLayout& L, int64_t n) {
+  if (n == 0) return;
   visit_all(dtype, [&](auto tag) {
     using T = decltype(tag);
     T* o = static_cast<T*>(out);
