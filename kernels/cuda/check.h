@@ -48,3 +48,13 @@ const char* cublas_status_string(int status);
       ::tandem::kernels::cuda::throw_cuda_error(#call, cudnnGetErrorString(tandem_cudnn_status_),          \
                                                 static_cast<int>(tandem_cudnn_status_), __FILE__, __LINE__); \
   } while (0)
+
+/// For NCCL calls; the including .cpp file includes <nccl.h> itself (this header does
+/// not, so it stays usable in builds without NCCL).
+#define NCCL_CHECK(call)                                                                                   \
+  do {                                                                                                     \
+    ncclResult_t tandem_nccl_result_ = (call);                                                             \
+    if (tandem_nccl_result_ != ncclSuccess)                                                                \
+      ::tandem::kernels::cuda::throw_cuda_error(#call, ncclGetErrorString(tandem_nccl_result_),            \
+                                                static_cast<int>(tandem_nccl_result_), __FILE__, __LINE__); \
+  } while (0)
