@@ -1,6 +1,6 @@
 // Tandem's public API in one include: tensors, autograd and ops (engine/), layers
 // and models (layers/), optimizers (optim/), data sets and loaders (data/), and
-// training-loop helpers (train/).
+// process groups, launch and samplers (comm/), training-loop helpers (train/).
 #pragma once
 
 #include "engine/autograd.h"
@@ -37,6 +37,13 @@
 #include "data/idx.h"
 #include "data/sampler.h"
 #include "data/synthetic.h"
+
+#include "comm/launch.h"
+#include "comm/local.h"
+#include "comm/metrics.h"
+#include "comm/process_group.h"
+#include "comm/sampler.h"
+#include "comm/store.h"
 
 #include "train/metrics.h"
 #include "train/progress.h"
