@@ -1,6 +1,6 @@
 // Tandem's public API in one include: tensors, autograd and ops (engine/), layers
-// and models (layers/), optimizers (optim/), data sets and loaders (data/), and
-// process groups, launch and samplers (comm/), training-loop helpers (train/).
+// and models (layers/), optimizers (optim/), data sets and loaders (data/), process
+// groups, launch and samplers (comm/), and training-loop helpers (train/).
 #pragma once
 
 #include "engine/autograd.h"
