@@ -4,12 +4,10 @@
 #include "optim/adam.h"
 
 #include <cmath>
-#include <map>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
@@ -40,8 +38,6 @@ void check_options(const char* name, const AdamOptions& o) {
 AdamOptions as_adam_options(const AdamWOptions& o) {
   return {.lr = o.lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay, .amsgrad = o.amsgrad};
 }
-
-using GroupKey = std::tuple<DeviceType, int, DType>;
 
 const std::string kStepPrefix = "step.";
 
@@ -80,65 +76,40 @@ void Adam::step() {
   std::vector<Tensor>* max_exp_avg_sq = options_.amsgrad ? &state("max_exp_avg_sq") : nullptr;
   steps_.resize(flat_index(groups_.size(), 0), 0);
 
-  // Every check runs before any update, so a bad parameter leaves all of them untouched.
-  struct Item {
-    Tensor param, grad;
-    size_t flat;
-    double lr, weight_decay;
-  };
-  std::vector<Item> items;
-  for (size_t g = 0; g < groups_.size(); ++g) {
-    const ParamGroup& group = groups_[g];
-    for (size_t i = 0; i < group.params.size(); ++i) {
-      const Tensor& p = group.params[i];
-      Tensor grad = p.grad();
-      if (!grad.defined()) continue;
-      const std::string where = "parameter " + std::to_string(i) + " of group " + std::to_string(g) + " (shape " +
-                                shape_str(p.shape()) + ")";
-      if (!(grad.device() == p.device())) {
-        throw std::invalid_argument(std::string("[") + name() + "] expected the gradient of " + where + " on " +
-                                    p.device().str() + " like the parameter, got it on " + grad.device().str());
+  // Checks every parameter before any update; then builds every batch's kernel argument
+  // list (allocating moments) before any launch. `batches` and the state keep the tensors alive.
+  std::vector<DeviceBatch> batches = grads_by_device(name(), "adam");
+  std::vector<std::vector<kernels::cuda::AdamTensorRef>> refs_of(batches.size());
+  for (size_t b = 0; b < batches.size(); ++b) {
+    for (GradItem& item : batches[b].items) {
+      const TensorOptions like{.dtype = item.param.dtype(), .device = item.param.device()};
+      Tensor& m = exp_avg[item.flat];
+      Tensor& v = exp_avg_sq[item.flat];
+      if (!m.defined()) m = zeros(item.param.shape(), like);
+      if (!v.defined()) v = zeros(item.param.shape(), like);
+      kernels::cuda::AdamTensorRef ref;
+      ref.param = item.param.data_ptr();
+      ref.grad = item.grad.data_ptr();
+      ref.exp_avg = m.data_ptr();
+      ref.exp_avg_sq = v.data_ptr();
+      if (max_exp_avg_sq) {
+        Tensor& v_max = (*max_exp_avg_sq)[item.flat];
+        if (!v_max.defined()) v_max = zeros(item.param.shape(), like);
+        ref.max_exp_avg_sq = v_max.data_ptr();
       }
-      if (grad.dtype() != p.dtype() || grad.shape() != p.shape()) {
-        throw std::invalid_argument(std::string("[") + name() + "] expected the gradient of " + where + " to be " +
-                                    std::string(dtype_name(p.dtype())) + " " + shape_str(p.shape()) + ", got " +
-                                    std::string(dtype_name(grad.dtype())) + " " + shape_str(grad.shape()));
-      }
-      if (p.dtype() != DType::kF32 && p.dtype() != DType::kF64) throw_unsupported("adam", p.device(), p.dtype());
-      items.push_back({p, grad, flat_index(g, i), group.lr.value(), group.weight_decay.value()});
+      ref.numel = item.param.numel();
+      ref.lr = item.lr;
+      ref.weight_decay = item.weight_decay;
+      ref.step = ++steps_[item.flat];
+      refs_of[b].push_back(ref);
     }
-  }
-
-  // One kernel argument list per (device, dtype); `items` and the state keep the tensors alive.
-  std::map<GroupKey, std::vector<kernels::cuda::AdamTensorRef>> by_device;
-  for (Item& item : items) {
-    const TensorOptions like{.dtype = item.param.dtype(), .device = item.param.device()};
-    Tensor& m = exp_avg[item.flat];
-    Tensor& v = exp_avg_sq[item.flat];
-    if (!m.defined()) m = zeros(item.param.shape(), like);
-    if (!v.defined()) v = zeros(item.param.shape(), like);
-    kernels::cuda::AdamTensorRef ref;
-    ref.param = item.param.data_ptr();
-    ref.grad = item.grad.data_ptr();
-    ref.exp_avg = m.data_ptr();
-    ref.exp_avg_sq = v.data_ptr();
-    if (max_exp_avg_sq) {
-      Tensor& v_max = (*max_exp_avg_sq)[item.flat];
-      if (!v_max.defined()) v_max = zeros(item.param.shape(), like);
-      ref.max_exp_avg_sq = v_max.data_ptr();
-    }
-    ref.numel = item.param.numel();
-    ref.lr = item.lr;
-    ref.weight_decay = item.weight_decay;
-    ref.step = ++steps_[item.flat];
-    const Device d = item.param.device();
-    by_device[GroupKey{d.type, d.index, item.param.dtype()}].push_back(ref);
   }
 
   const double beta1 = options_.betas[0], beta2 = options_.betas[1];
-  for (auto& [key, refs] : by_device) {
-    const Device device{std::get<0>(key), std::get<1>(key)};
-    const DType dtype = std::get<2>(key);
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const Device device = batches[b].device;
+    const DType dtype = batches[b].dtype;
+    const std::vector<kernels::cuda::AdamTensorRef>& refs = refs_of[b];
     dispatch_device(
         "adam", device,
         [&] {

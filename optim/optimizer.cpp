@@ -2,10 +2,13 @@
 // list every problem at once.
 #include "optim/optimizer.h"
 
+#include <map>
 #include <set>
 #include <stdexcept>
+#include <tuple>
 
 #include "engine/autograd.h"
+#include "engine/dispatch.h"
 
 namespace tandem::optim {
 
@@ -59,6 +62,39 @@ std::vector<Tensor>& Optimizer::state(const std::string& kind) {
   std::vector<Tensor>& slots = state_[kind];
   if (slots.size() < total) slots.resize(total);
   return slots;
+}
+
+std::vector<Optimizer::DeviceBatch> Optimizer::grads_by_device(const std::string& name, const char* op) const {
+  using Key = std::tuple<DeviceType, int, DType>;
+  std::map<Key, std::vector<GradItem>> by_key;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const ParamGroup& group = groups_[g];
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      const Tensor& p = group.params[i];
+      Tensor grad = p.grad();
+      if (!grad.defined()) continue;
+      const std::string where = "parameter " + std::to_string(i) + " of group " + std::to_string(g) + " (shape " +
+                                shape_str(p.shape()) + ")";
+      if (!(grad.device() == p.device())) {
+        throw std::invalid_argument("[" + name + "] expected the gradient of " + where + " on " + p.device().str() +
+                                    " like the parameter, got it on " + grad.device().str());
+      }
+      if (grad.dtype() != p.dtype() || grad.shape() != p.shape()) {
+        throw std::invalid_argument("[" + name + "] expected the gradient of " + where + " to be " +
+                                    std::string(dtype_name(p.dtype())) + " " + shape_str(p.shape()) + ", got " +
+                                    std::string(dtype_name(grad.dtype())) + " " + shape_str(grad.shape()));
+      }
+      if (p.dtype() != DType::kF32 && p.dtype() != DType::kF64) throw_unsupported(op, p.device(), p.dtype());
+      const Device d = p.device();
+      by_key[Key{d.type, d.index, p.dtype()}].push_back(
+          {p, std::move(grad), flat_index(g, i), group.lr.value(), group.weight_decay.value()});
+    }
+  }
+  std::vector<DeviceBatch> batches;
+  for (auto& [key, items] : by_key) {
+    batches.push_back({Device{std::get<0>(key), std::get<1>(key)}, std::get<2>(key), std::move(items)});
+  }
+  return batches;
 }
 
 OptimizerState Optimizer::state_dict() const {

@@ -66,6 +66,25 @@ class Optimizer {
   /// Names of the per-parameter state kinds this optimizer keeps (for load_state_dict).
   virtual std::vector<std::string> state_kinds() const = 0;
 
+  /// A parameter that has a gradient, with its group's hyperparameters.
+  struct GradItem {
+    Tensor param, grad;
+    size_t flat;  // flat_index of the parameter: its slot in state()
+    double lr, weight_decay;
+  };
+  /// The parameters with gradients on one (device, dtype): one fused launch's worth.
+  struct DeviceBatch {
+    Device device;
+    DType dtype;
+    std::vector<GradItem> items;  // in parameter order
+  };
+  /// Every parameter that has a gradient, grouped by (device, dtype) in a fixed order.
+  /// All are checked before returning, so a bad one leaves every parameter untouched:
+  /// throws std::invalid_argument "[<name>] expected the gradient of ..." when a
+  /// gradient's device, dtype or shape differs from its parameter's, and
+  /// throw_unsupported(op, ...) for a dtype other than f32/f64.
+  std::vector<DeviceBatch> grads_by_device(const std::string& name, const char* op) const;
+
   std::vector<ParamGroup> groups_;
   int64_t step_count_ = 0;
 

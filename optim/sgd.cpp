@@ -2,10 +2,8 @@
 // the fused kernels (kernels/cpu/sgd.cpp, kernels/cuda/sgd.cu).
 #include "optim/sgd.h"
 
-#include <map>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
@@ -31,8 +29,6 @@ void check_options(const SGDOptions& o) {
   }
 }
 
-using GroupKey = std::tuple<DeviceType, int, DType>;
-
 }  // namespace
 
 SGD::SGD(std::vector<Tensor> params, const SGDOptions& options)
@@ -50,60 +46,35 @@ void SGD::step() {
   autograd::NoGradGuard no_grad;
   std::vector<Tensor>& buffers = state("momentum_buffer");
 
-  // Every check runs before any update, so a bad parameter leaves all of them untouched.
-  struct Item {
-    Tensor param, grad;
-    size_t flat;
-    double lr, weight_decay;
-  };
-  std::vector<Item> items;
-  for (size_t g = 0; g < groups_.size(); ++g) {
-    const ParamGroup& group = groups_[g];
-    for (size_t i = 0; i < group.params.size(); ++i) {
-      const Tensor& p = group.params[i];
-      Tensor grad = p.grad();
-      if (!grad.defined()) continue;
-      const std::string where = "parameter " + std::to_string(i) + " of group " + std::to_string(g) + " (shape " +
-                                shape_str(p.shape()) + ")";
-      if (!(grad.device() == p.device())) {
-        throw std::invalid_argument("[SGD] expected the gradient of " + where + " on " + p.device().str() +
-                                    " like the parameter, got it on " + grad.device().str());
+  // Checks every parameter before any update; then builds every batch's kernel argument
+  // list (allocating momentum buffers) before any launch. `batches` keeps the tensors alive.
+  std::vector<DeviceBatch> batches = grads_by_device("SGD", "sgd");
+  std::vector<std::vector<kernels::cuda::SGDTensorRef>> refs_of(batches.size());
+  for (size_t b = 0; b < batches.size(); ++b) {
+    for (GradItem& item : batches[b].items) {
+      kernels::cuda::SGDTensorRef ref;
+      ref.param = item.param.data_ptr();
+      ref.grad = item.grad.data_ptr();
+      ref.numel = item.param.numel();
+      ref.lr = item.lr;
+      ref.weight_decay = item.weight_decay;
+      if (options_.momentum != 0.0) {
+        Tensor& buf = buffers[item.flat];
+        // Uninitialised is fine: a parameter's first step writes its buffer.
+        ref.first_step = !buf.defined();
+        if (ref.first_step) {
+          buf = Tensor::empty(item.param.shape(), {.dtype = item.param.dtype(), .device = item.param.device()});
+        }
+        ref.momentum = buf.data_ptr();
       }
-      if (grad.dtype() != p.dtype() || grad.shape() != p.shape()) {
-        throw std::invalid_argument("[SGD] expected the gradient of " + where + " to be " +
-                                    std::string(dtype_name(p.dtype())) + " " + shape_str(p.shape()) + ", got " +
-                                    std::string(dtype_name(grad.dtype())) + " " + shape_str(grad.shape()));
-      }
-      if (p.dtype() != DType::kF32 && p.dtype() != DType::kF64) throw_unsupported("sgd", p.device(), p.dtype());
-      items.push_back({p, grad, flat_index(g, i), group.lr.value(), group.weight_decay.value()});
+      refs_of[b].push_back(ref);
     }
   }
 
-  // One kernel argument list per (device, dtype); `items` keeps the tensors alive.
-  std::map<GroupKey, std::vector<kernels::cuda::SGDTensorRef>> by_device;
-  for (Item& item : items) {
-    kernels::cuda::SGDTensorRef ref;
-    ref.param = item.param.data_ptr();
-    ref.grad = item.grad.data_ptr();
-    ref.numel = item.param.numel();
-    ref.lr = item.lr;
-    ref.weight_decay = item.weight_decay;
-    if (options_.momentum != 0.0) {
-      Tensor& buf = buffers[item.flat];
-      // Uninitialised is fine: a parameter's first step writes its buffer.
-      ref.first_step = !buf.defined();
-      if (ref.first_step) {
-        buf = Tensor::empty(item.param.shape(), {.dtype = item.param.dtype(), .device = item.param.device()});
-      }
-      ref.momentum = buf.data_ptr();
-    }
-    const Device d = item.param.device();
-    by_device[GroupKey{d.type, d.index, item.param.dtype()}].push_back(ref);
-  }
-
-  for (auto& [key, refs] : by_device) {
-    const Device device{std::get<0>(key), std::get<1>(key)};
-    const DType dtype = std::get<2>(key);
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const Device device = batches[b].device;
+    const DType dtype = batches[b].dtype;
+    const std::vector<kernels::cuda::SGDTensorRef>& refs = refs_of[b];
     dispatch_device(
         "sgd", device,
         [&] {

@@ -16,21 +16,11 @@ using namespace tandem;
 using namespace tandem::optim;
 using tandem::testing::all_close;
 using tandem::testing::expect_invalid;
+using tandem::testing::param;
 using tandem::testing::random_tensor;
+using tandem::testing::set_grad;
 
 namespace {
-
-Tensor param(const std::vector<double>& values, DType dtype = DType::kF64) {
-  Tensor t = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
-  if (dtype != DType::kF64) t = t.to(dtype);
-  t.set_requires_grad(true);
-  return t;
-}
-
-void set_grad(Tensor& p, const std::vector<double>& values) {
-  Tensor g = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
-  p.set_grad(g.to(p.dtype()));
-}
 
 /// torch.optim.Adam / AdamW on one scalar, in f64.
 struct ScalarAdam {

@@ -23,43 +23,13 @@ namespace {
 /// random parameters and gradients; compares parameters after every step and the state at the end.
 void compare_cpu_cuda(const std::vector<Shape>& shapes, DType dtype, const optim::AdamOptions& o, bool decoupled,
                       int steps, double atol, double rtol) {
-  set_poison_allocations(true);
-  std::vector<Tensor> cpu_params, gpu_params;
-  uint64_t seed = 100;
-  for (const Shape& s : shapes) {
-    Tensor p = random_tensor(s, seed++, dtype);
-    cpu_params.push_back(p.clone().detach().set_requires_grad(true));
-    gpu_params.push_back(p.to(Device::cuda()).detach().set_requires_grad(true));
-  }
-  auto make = [&](std::vector<Tensor> params) -> std::unique_ptr<optim::Adam> {
+  auto make = [&](std::vector<Tensor> params) -> std::unique_ptr<optim::Optimizer> {
     if (!decoupled) return std::make_unique<optim::Adam>(params, o);
     return std::make_unique<optim::AdamW>(params, optim::AdamWOptions{.lr = o.lr, .betas = o.betas, .eps = o.eps,
                                                                        .weight_decay = o.weight_decay,
                                                                        .amsgrad = o.amsgrad});
   };
-  auto cpu_opt = make(cpu_params);
-  auto gpu_opt = make(gpu_params);
-  for (int k = 0; k < steps; ++k) {
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      // Parameter 1 misses the first step: its own step count lags (bias correction per tensor).
-      if (k == 0 && i == 1) continue;
-      Tensor g = random_tensor(shapes[i], 1000 * (k + 1) + i, dtype);
-      cpu_params[i].set_grad(g);
-      gpu_params[i].set_grad(g.to(Device::cuda()));
-    }
-    cpu_opt->step();
-    gpu_opt->step();
-    for (size_t i = 0; i < shapes.size(); ++i) {
-      ASSERT_TRUE(all_close(gpu_params[i].cpu(), cpu_params[i], atol, rtol)) << "step " << k << " tensor " << i;
-    }
-  }
-  auto cpu_state = cpu_opt->state_dict(), gpu_state = gpu_opt->state_dict();
-  ASSERT_EQ(cpu_state.tensors.size(), gpu_state.tensors.size());
-  for (auto& [name, t] : cpu_state.tensors) {
-    EXPECT_TRUE(all_close(gpu_state.tensors.at(name).cpu(), t, atol, rtol)) << name;
-  }
-  EXPECT_EQ(cpu_state.scalars, gpu_state.scalars);
-  set_poison_allocations(false);
+  tandem::testing::compare_optimizer_cpu_cuda(shapes, dtype, make, steps, atol, rtol, /*compare_scalars=*/true);
 }
 
 }  // namespace

@@ -14,23 +14,13 @@ namespace tandem {
 namespace {
 
 using testing::all_close;
+using testing::kFloatTypes;
 using testing::random_tensor;
+using testing::Tolerance;
 
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
-class CudaLinalg : public ::testing::Test {
- protected:
-  void SetUp() override {
-    TANDEM_REQUIRE_CUDA();
-    set_poison_allocations(true);
-  }
-  void TearDown() override { set_poison_allocations(false); }
-};
-
-struct Tolerance {
-  double atol;
-  double rtol;
-};
+class CudaLinalg : public testing::CudaParityTest {};
 
 Tolerance tolerance_for(DType dt) {
   switch (dt) {
@@ -41,33 +31,10 @@ Tolerance tolerance_for(DType dt) {
   }
 }
 
-/// Runs fn on CPU inputs and on copies on cuda:0, then backward with the same random
-/// output gradient on both, and compares the outputs and every input gradient.
+/// testing::expect_cuda_parity with this file's tolerances.
 void expect_parity(const Fn& fn, const std::vector<Shape>& shapes, DType dt, uint64_t seed) {
-  std::vector<Tensor> cpu_in, gpu_in;
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    Tensor c = random_tensor(shapes[i], seed + i, dt);
-    Tensor g = c.to(Device::cuda());
-    c.set_requires_grad(true);
-    g.set_requires_grad(true);
-    cpu_in.push_back(c);
-    gpu_in.push_back(g);
-  }
-  Tensor y_cpu = fn(cpu_in), y_gpu = fn(gpu_in);
-  ASSERT_TRUE(y_gpu.is_cuda());
-  const Tolerance tol = tolerance_for(dt);
-  EXPECT_TRUE(all_close(y_gpu.cpu(), y_cpu, tol.atol, tol.rtol)) << "forward, dtype " << dtype_name(dt);
-  Tensor dy = random_tensor(y_cpu.shape(), seed + 100, dt);
-  y_cpu.backward(dy);
-  y_gpu.backward(dy.to(Device::cuda()));
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    ASSERT_TRUE(gpu_in[i].grad().defined()) << "input " << i;
-    EXPECT_TRUE(all_close(gpu_in[i].grad().cpu(), cpu_in[i].grad(), tol.atol, tol.rtol))
-        << "gradient of input " << i << ", dtype " << dtype_name(dt);
-  }
+  testing::expect_cuda_parity(fn, shapes, dt, seed, tolerance_for(dt));
 }
-
-const DType kFloatTypes[] = {DType::kF32, DType::kF64, DType::kF16, DType::kBF16};
 
 // ---- matrix products -------------------------------------------------------------------
 

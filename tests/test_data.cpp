@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <stdexcept>
 
@@ -24,21 +23,8 @@ using namespace tandem::data;
 
 namespace {
 
-/// A fresh temporary directory, removed with the fixture.
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("tandem_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-  static inline int counter_ = 0;
-};
+using tandem::testing::TempDir;
+using tandem::testing::write_raw;
 
 std::vector<unsigned char> idx_bytes(const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data,
                                      unsigned char type = 0x08) {
@@ -48,11 +34,6 @@ std::vector<unsigned char> idx_bytes(const std::vector<uint32_t>& dims, const st
   }
   out.insert(out.end(), data.begin(), data.end());
   return out;
-}
-
-void write_raw(const fs::path& path, const std::vector<unsigned char>& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 void write_gz(const fs::path& path, const std::vector<unsigned char>& bytes) {

@@ -1,11 +1,8 @@
 // Tests of the image data sets: the CIFAR-10 binary reader on small synthetic batch
 // files (parsing, per-channel normalisation, every validation error) and
 // SyntheticImages (determinism per index, class structure, DataLoader use, errors).
-#include <unistd.h>
-
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <stdexcept>
 
@@ -20,21 +17,8 @@ using namespace tandem::data;
 
 namespace {
 
-/// A fresh temporary directory, removed with the object.
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("tandem_test_datasets_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-  static inline int counter_ = 0;
-};
+using tandem::testing::TempDir;
+using tandem::testing::write_raw;
 
 /// The pixel byte of record `r`, channel c, position p of file `file`: varied, and
 /// covering 0 and 255.
@@ -52,11 +36,6 @@ std::vector<unsigned char> cifar_bytes(int file, const std::vector<uint8_t>& lab
     }
   }
   return out;
-}
-
-void write_raw(const fs::path& path, const std::vector<unsigned char>& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 /// Writes the five training files (3 records each, labels from `file`) and the test file.

@@ -1,13 +1,16 @@
 // Shared test helpers: deterministic random tensors, element-wise comparison with
-// the first mismatch reported, an f64 finite-difference gradient check, and the
-// skip used by every GPU test when no CUDA device is present.
+// the first mismatch reported, an f64 finite-difference gradient check, the skip used
+// by every GPU test when no CUDA device is present, the CUDA-vs-CPU parity harness,
+// small parameter makers for optimizer tests, and temporary files for data tests.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +18,7 @@
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"
 #include "engine/tensor.h"
+#include "optim/optimizer.h"
 
 /// Skips the current test with the reason CUDA cannot be used (no build, no driver, no GPU).
 #define TANDEM_REQUIRE_CUDA()                                                              \
@@ -54,5 +58,66 @@ std::string fixture_path(const std::string& name);
 nlohmann::json load_fixture(const std::string& name);
 /// A fixture tensor {"shape": [...], "data": [...]} as f64 (int64 when `integer`).
 Tensor fixture_tensor(const nlohmann::json& j, bool integer = false);
+
+// ---- CUDA vs CPU parity -------------------------------------------------------------------
+
+/// Every floating dtype, in the order parity tests loop over them.
+inline constexpr DType kFloatTypes[] = {DType::kF32, DType::kF64, DType::kF16, DType::kBF16};
+
+/// Allowed difference |got - want| <= atol + rtol·|want|.
+struct Tolerance {
+  double atol;
+  double rtol;
+};
+
+/// Base of GPU parity fixtures: skips without CUDA, and poisons allocations during the test.
+class CudaParityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    TANDEM_REQUIRE_CUDA();
+    ::tandem::set_poison_allocations(true);
+  }
+  void TearDown() override { ::tandem::set_poison_allocations(false); }
+};
+
+/// Runs fn on CPU inputs and on copies on cuda:0, then backward with the same random
+/// output gradient on both, and compares the outputs and every input gradient within `tol`.
+void expect_cuda_parity(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Shape>& shapes,
+                        DType dt, uint64_t seed, Tolerance tol);
+
+// ---- optimizer tests ----------------------------------------------------------------------
+
+/// Makes an optimizer over `params` (for compare_optimizer_cpu_cuda).
+using OptimizerFactory = std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor> params)>;
+
+/// Runs `steps` steps of the optimizers `make` builds on CPU and CUDA copies of the same
+/// random parameters of `shapes` with the same random gradients (parameter 1 gets none
+/// on the first step), comparing the parameters after every step and the state tensors
+/// at the end (and the state scalars when `compare_scalars`), with allocations poisoned.
+void compare_optimizer_cpu_cuda(const std::vector<Shape>& shapes, DType dtype, const OptimizerFactory& make,
+                                int steps, double atol, double rtol, bool compare_scalars);
+
+/// A 1-D parameter (requires grad) holding `values`, in `dtype`.
+Tensor param(const std::vector<double>& values, DType dtype = DType::kF64);
+/// Sets p's gradient to `values`, in p's dtype.
+void set_grad(Tensor& p, const std::vector<double>& values);
+
+// ---- files --------------------------------------------------------------------------------
+
+/// A fresh temporary directory, removed with the object.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// Writes `bytes` to `path` as they are.
+void write_raw(const std::filesystem::path& path, const std::vector<unsigned char>& bytes);
 
 }  // namespace tandem::testing

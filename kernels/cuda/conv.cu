@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/handle_pool.h"
 #include "kernels/cuda/reduce_group.cuh"
 #include "tandem/config.h"
 
@@ -125,30 +126,11 @@ constexpr size_t kMaxFindWorkspace = size_t{1} << 30;
 
 // ---- handles -------------------------------------------------------------------------------
 
-struct HandlePool {
-  std::mutex mutex;
-  std::vector<std::vector<cudnnHandle_t>> free_handles;  // [device]
-};
-
-/// Deliberately leaked, like PyTorch's pool: destroying handles during static
-/// destruction can run after the CUDA context is gone.
-HandlePool& handle_pool() {
-  static HandlePool* pool = new HandlePool;
-  return *pool;
+cudnnHandle_t create_cudnn_handle() {
+  cudnnHandle_t handle = nullptr;
+  CUDNN_CHECK(cudnnCreate(&handle));
+  return handle;
 }
-
-struct ThreadHandles {
-  std::vector<cudnnHandle_t> handles;  // [device], null until used
-  ~ThreadHandles() {
-    HandlePool& pool = handle_pool();
-    std::lock_guard<std::mutex> lock(pool.mutex);
-    for (size_t d = 0; d < handles.size(); ++d) {
-      if (handles[d] == nullptr) continue;
-      if (pool.free_handles.size() <= d) pool.free_handles.resize(d + 1);
-      pool.free_handles[d].push_back(handles[d]);
-    }
-  }
-};
 
 int current_device() {
   int device = 0;
@@ -158,21 +140,7 @@ int current_device() {
 
 /// The calling thread's handle for the current device, bound to `stream`.
 cudnnHandle_t handle_for(cudaStream_t stream) {
-  thread_local ThreadHandles local;
-  const size_t d = static_cast<size_t>(current_device());
-  if (local.handles.size() <= d) local.handles.resize(d + 1, nullptr);
-  cudnnHandle_t& handle = local.handles[d];
-  if (handle == nullptr) {
-    {
-      HandlePool& pool = handle_pool();
-      std::lock_guard<std::mutex> lock(pool.mutex);
-      if (pool.free_handles.size() > d && !pool.free_handles[d].empty()) {
-        handle = pool.free_handles[d].back();
-        pool.free_handles[d].pop_back();
-      }
-    }
-    if (handle == nullptr) CUDNN_CHECK(cudnnCreate(&handle));
-  }
+  cudnnHandle_t handle = HandlePool<cudnnHandle_t, create_cudnn_handle>::get(current_device());
   CUDNN_CHECK(cudnnSetStream(handle, stream));
   return handle;
 }

@@ -6,69 +6,32 @@
 #include "kernels/cuda/gemm.h"
 
 #include <cstring>
-#include <mutex>
-#include <vector>
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/handle_pool.h"
 
 namespace tandem::kernels::cuda {
 
 namespace {
 
-/// Handles released by exited threads, per device, for the next thread to reuse.
-/// Deliberately leaked, like PyTorch's pool: destroying handles during static
-/// destruction can run after the CUDA context is gone.
-struct HandlePool {
-  std::mutex mutex;
-  std::vector<std::vector<cublasHandle_t>> free_handles;  // [device]
-};
-
-HandlePool& handle_pool() {
-  static HandlePool* pool = new HandlePool;
-  return *pool;
+/// A cuBLAS handle with plain FP32 math for f32 (no TF32), so GPU results stay
+/// comparable with the CPU's.
+cublasHandle_t create_cublas_handle() {
+  cublasHandle_t handle = nullptr;
+  CUBLAS_CHECK(cublasCreate(&handle));
+  CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  return handle;
 }
-
-/// This thread's handles, one per device, created on first use.
-struct ThreadHandles {
-  std::vector<cublasHandle_t> handles;  // [device], null until used
-  ~ThreadHandles() {
-    HandlePool& pool = handle_pool();
-    std::lock_guard<std::mutex> lock(pool.mutex);
-    for (size_t d = 0; d < handles.size(); ++d) {
-      if (handles[d] == nullptr) continue;
-      if (pool.free_handles.size() <= d) pool.free_handles.resize(d + 1);
-      pool.free_handles[d].push_back(handles[d]);
-    }
-  }
-};
 
 /// The calling thread's handle for the current device, bound to `stream`.
 cublasHandle_t handle_for(cudaStream_t stream) {
-  thread_local ThreadHandles local;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  const size_t d = static_cast<size_t>(device);
-  if (local.handles.size() <= d) local.handles.resize(d + 1, nullptr);
-  cublasHandle_t& handle = local.handles[d];
-  if (handle == nullptr) {
-    {
-      HandlePool& pool = handle_pool();
-      std::lock_guard<std::mutex> lock(pool.mutex);
-      if (pool.free_handles.size() > d && !pool.free_handles[d].empty()) {
-        handle = pool.free_handles[d].back();
-        pool.free_handles[d].pop_back();
-      }
-    }
-    if (handle == nullptr) {
-      CUBLAS_CHECK(cublasCreate(&handle));
-      // Plain FP32 for f32 (no TF32), so GPU results stay comparable with the CPU's.
-      CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
-    }
-  }
+  cublasHandle_t handle = HandlePool<cublasHandle_t, create_cublas_handle>::get(device);
   // Set on every call: the same handle serves whichever stream is current, and
   // cublasSetStream also puts the handle back on cuBLAS's default workspace.
   CUBLAS_CHECK(cublasSetStream(handle, stream));
