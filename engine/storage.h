@@ -37,13 +37,19 @@ class Storage {
   Deleter deleter_;
 };
 
-/// Host allocator statistics: bytes currently held by tensors and the peak since start.
+/// Host allocator statistics: bytes currently held by tensors and the peak since
+/// start; allocations served, and how many of them needed new memory from the system
+/// (the rest reused a cached block, see host_empty_cache).
 struct HostMemoryStats {
   int64_t allocated_bytes = 0;
   int64_t peak_allocated_bytes = 0;
   int64_t num_allocs = 0;
+  int64_t num_system_allocs = 0;
+  int64_t cached_bytes = 0;
 };
 HostMemoryStats host_memory_stats();
+/// Returns the host blocks kept for reuse to the system.
+void host_empty_cache();
 
 /// When on, every new Storage is filled with 0xFF bytes (NaN for floating types)
 /// before use, so a kernel that leaves part of its output unwritten is caught by

@@ -138,3 +138,21 @@ TEST(Tensor, HostMemoryStatsTrackAllocations) {
   }
   EXPECT_EQ(host_memory_stats().allocated_bytes, before.allocated_bytes);
 }
+
+TEST(Tensor, LargeHostBlocksAreReusedAfterFree) {
+  host_empty_cache();
+  void* first = nullptr;
+  {
+    Tensor t = Tensor::empty({3 << 20});  // 12 MiB: above glibc's mmap threshold
+    first = t.data_ptr();
+  }
+  HostMemoryStats before = host_memory_stats();
+  EXPECT_GE(before.cached_bytes, int64_t{12} << 20);
+  Tensor again = Tensor::empty({3 << 20});
+  EXPECT_EQ(again.data_ptr(), first);
+  EXPECT_EQ(host_memory_stats().num_system_allocs, before.num_system_allocs);
+  Tensor other = Tensor::empty({5 << 20});  // another size needs new memory
+  EXPECT_EQ(host_memory_stats().num_system_allocs, before.num_system_allocs + 1);
+  host_empty_cache();
+  EXPECT_EQ(host_memory_stats().cached_bytes, 0);
+}
