@@ -1,0 +1,295 @@
+// tandem-compare: the Tandem side of bench/compare_pytorch. Trains the MLP or the CNN
+// (Fashion-MNIST) or ResNet-18 (synthetic 3x32x32) with SGD through the public API and
+// prints one JSON line: samples/s, test accuracy, and with --breakdown where the time went.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/dataloader.h"
+#include "data/fashion_mnist.h"
+#include "data/synthetic.h"
+#include "engine/autograd.h"
+#include "engine/cuda/runtime.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/nn.h"
+#include "engine/ops/reduce.h"
+#include "engine/random.h"
+#include "layers/models/cnn.h"
+#include "layers/models/mlp.h"
+#include "layers/models/resnet.h"
+#include "layers/sequential.h"
+#include "optim/sgd.h"
+
+namespace {
+
+using namespace tandem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// Waits for queued device work, so a wall-clock interval covers all of it.
+void synchronize(Device device) {
+  if (device.is_cuda()) cuda::synchronize(device.index);
+}
+
+// Fraction of `dataset` that `model` classifies correctly, in batches of 1000.
+double accuracy(nn::Module& model, const std::shared_ptr<const data::Dataset>& dataset, Device device) {
+  autograd::NoGradGuard no_grad;
+  model.eval();
+  data::DataLoader loader(dataset, {.batch_size = 1000, .shuffle = false, .device = device});
+  Tensor correct;
+  for (data::Batch& batch : loader) {
+    const Tensor hits = eq(argmax(model(batch.input), 1), batch.target).to(DType::kI64).sum();
+    correct = correct.defined() ? add(correct, hits) : hits;
+  }
+  model.train();
+  return correct.item() / static_cast<double>(dataset->size());
+}
+
+// Accumulates wall-clock milliseconds per named phase; with a CUDA device each
+// interval ends with a synchronisation, so queued kernels count where they were issued.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(Device device) : device_(device) {}
+  /// Starts timing the next phase.
+  void start() { start_ = Clock::now(); }
+  /// Ends the current phase, adding its time to `name`, and starts the next one.
+  void lap(const std::string& name) {
+    synchronize(device_);
+    const auto now = Clock::now();
+    ms_[name] += std::chrono::duration<double, std::milli>(now - start_).count();
+    start_ = now;
+  }
+  const std::map<std::string, double>& totals() const { return ms_; }
+
+ private:
+  Device device_;
+  Clock::time_point start_;
+  std::map<std::string, double> ms_;
+};
+
+// One training step of a Sequential model with each child's forward and backward timed
+// on its own: every child's input is a detached leaf that requires grad, and the
+// backward pass runs segment by segment from the loss down, passing each leaf's
+// gradient on. Only the first child skips its input gradient, exactly as in a normal
+// step, so the arithmetic is the same; the extra work is one detach per child.
+Tensor sequential_step_by_layer(nn::Sequential& model, const data::Batch& batch, optim::SGD& optimizer,
+                                PhaseTimer& timer, std::vector<double>& forward_ms, std::vector<double>& backward_ms,
+                                Device device) {
+  const size_t n = model.size();
+  std::vector<Tensor> inputs(n), outputs(n);
+  Tensor x = batch.input;
+  for (size_t i = 0; i < n; ++i) {
+    inputs[i] = i == 0 ? x : x.detach().set_requires_grad(true);
+    const auto start = Clock::now();
+    outputs[i] = (*model[i])(inputs[i]);
+    synchronize(device);
+    forward_ms[i] += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    x = outputs[i];
+  }
+  // The loss gets its own leaf too, so its backward (softmax - one-hot) is booked to it.
+  const Tensor logits = x.detach().set_requires_grad(true);
+  timer.start();
+  Tensor loss = cross_entropy(logits, batch.target);
+  timer.lap("loss");
+  optimizer.zero_grad();
+  timer.lap("zero_grad");
+  loss.backward();
+  timer.lap("loss_backward");
+  Tensor grad = logits.grad();
+  for (size_t i = n; i-- > 0;) {
+    // A child before any parameter (the MLP's Flatten on the data) has nothing to do.
+    if (!outputs[i].requires_grad()) break;
+    const auto start = Clock::now();
+    outputs[i].backward(grad);
+    synchronize(device);
+    backward_ms[i] += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    if (i > 0) grad = inputs[i].grad();
+  }
+  timer.start();
+  optimizer.step();
+  timer.lap("step");
+  return loss;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Trains a model with Tandem and prints samples/s (and test accuracy) as JSON."};
+  std::string model_name = "mlp";
+  std::string device_text = "cpu";
+  std::string data_dir = data::kFashionMnistDefaultDir;
+  int64_t epochs = 1;
+  int64_t batch_size = 0;
+  uint64_t seed = 0;
+  int64_t max_batches = 0;
+  int64_t steps = 20;
+  int64_t warmup_steps = -1;
+  std::string breakdown = "none";
+  int prefetch_depth = data::DataLoaderOptions{}.prefetch_depth;
+  app.add_option("--model", model_name, "mlp, cnn (Fashion-MNIST) or resnet18 (3x32x32 synthetic images)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mlp", "cnn", "resnet18"}));
+  app.add_option("--device", device_text, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--epochs", epochs, "training epochs (mlp, cnn)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--data", data_dir, "directory of the Fashion-MNIST IDX files")->capture_default_str();
+  app.add_option("--batch-size", batch_size, "samples per batch (0: 128 for mlp and cnn, 32 for resnet18)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--steps", steps, "timed steps of resnet18")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--warmup-steps", warmup_steps, "untimed steps before timing (-1: 3 for resnet18, 0 otherwise)")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 1000000));
+  app.add_option("--seed", seed, "seed of initialisation, shuffling and synthetic data")->capture_default_str();
+  app.add_option("--prefetch-depth", prefetch_depth, "batches the loader's thread gathers ahead (0: no thread)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-batches", max_batches, "stop training after this many timed batches (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--breakdown", breakdown,
+                 "none; phases (loader, forward, loss, zero_grad, backward, step, synchronised on CUDA); "
+                 "layers (phases, and forward/backward per child of a Sequential model: mlp, cnn)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "phases", "layers"}));
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const Device device = Device::parse(device_text);
+    const bool fashion = model_name != "resnet18";
+    if (batch_size == 0) batch_size = fashion ? 128 : 32;
+    if (warmup_steps < 0) warmup_steps = fashion ? 0 : 3;
+    if (!fashion) epochs = 1;
+    manual_seed(seed);
+
+    // Loading and normalising the data set is not part of the timed training loop.
+    const auto load_start = Clock::now();
+    std::shared_ptr<const data::Dataset> train_set, test_set;
+    if (fashion) {
+      train_set = std::make_shared<data::FashionMNIST>(data_dir, data::Split::kTrain);
+      test_set = std::make_shared<data::FashionMNIST>(data_dir, data::Split::kTest);
+    } else {
+      // Exactly the batches needed: the warm-up ones, then the timed ones.
+      train_set = std::make_shared<data::SyntheticImages>((warmup_steps + steps) * batch_size, Shape{3, 32, 32}, 10,
+                                                          seed);
+    }
+    const double load_s = seconds_since(load_start);
+
+    std::shared_ptr<nn::Module> model;
+    if (model_name == "mlp") {
+      model = std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {256}, .out = 10});
+    } else if (model_name == "cnn") {
+      model = std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28});
+    } else {
+      model = std::make_shared<nn::models::ResNet18>(nn::models::ResNetOptions{.in_channels = 3, .num_classes = 10});
+    }
+    model->to(device);
+    auto* sequential = dynamic_cast<nn::Sequential*>(model.get());
+    if (breakdown == "layers" && sequential == nullptr) {
+      throw std::invalid_argument("[tandem-compare] expected --breakdown layers with a Sequential model (mlp, cnn), "
+                                  "got " + model_name + "; use --breakdown phases");
+    }
+    optim::SGD optimizer(model->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4});
+    data::DataLoader loader(
+        train_set,
+        {.batch_size = batch_size, .shuffle = true, .seed = seed, .prefetch_depth = prefetch_depth, .device = device});
+
+    PhaseTimer timer(device);
+    std::vector<double> layer_forward_ms(sequential ? sequential->size() : 0);
+    std::vector<double> layer_backward_ms(layer_forward_ms.size());
+
+    // The timed region is the training loop itself: the loader's per-batch gather (and
+    // host-to-device copy), forward, backward and the optimizer step. Warm-up steps
+    // (first-touch allocations, the allocator's cache) run before it starts.
+    synchronize(device);
+    auto train_start = Clock::now();
+    int64_t samples = 0, batches = 0, seen = 0;
+    Tensor last_loss;
+    for (int64_t epoch = 0; epoch < epochs && (max_batches == 0 || batches < max_batches); ++epoch) {
+      timer.start();
+      for (data::Batch& batch : loader) {
+        if (max_batches > 0 && batches == max_batches) break;
+        const bool timed = seen++ >= warmup_steps;
+        const bool time_phases = timed && breakdown != "none";
+        if (time_phases) timer.lap("loader");
+        Tensor loss;
+        if (breakdown == "layers" && timed) {
+          loss = sequential_step_by_layer(*sequential, batch, optimizer, timer, layer_forward_ms, layer_backward_ms,
+                                          device);
+        } else {
+          timer.start();
+          Tensor logits = (*model)(batch.input);
+          if (time_phases) timer.lap("forward");
+          loss = cross_entropy(logits, batch.target);
+          if (time_phases) timer.lap("loss");
+          optimizer.zero_grad();
+          if (time_phases) timer.lap("zero_grad");
+          loss.backward();
+          if (time_phases) timer.lap("backward");
+          optimizer.step();
+          if (time_phases) timer.lap("step");
+        }
+        last_loss = loss.detach();
+        if (!timed) {
+          if (seen == warmup_steps) {
+            synchronize(device);
+            train_start = Clock::now();
+          }
+          timer.start();
+          continue;
+        }
+        ++batches;
+        samples += batch.input.size(0);
+        timer.start();
+      }
+    }
+    synchronize(device);
+    const double train_s = seconds_since(train_start);
+
+    nlohmann::json result = {
+        {"framework", "tandem"},
+        {"model", model_name},
+        {"samples_per_s", static_cast<double>(samples) / train_s},
+        {"test_acc", fashion ? nlohmann::json(accuracy(*model, test_set, device)) : nlohmann::json(nullptr)},
+        {"epochs", epochs},
+        {"device", device.str()},
+        {"batch_size", batch_size},
+        {"train_steps", batches},
+        {"warmup_steps", warmup_steps},
+        {"train_seconds", train_s},
+        {"load_seconds", load_s},
+        {"final_loss", last_loss.item()},
+        {"prefetch_depth", prefetch_depth},
+        {"omp_num_threads", std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default"},
+    };
+    if (breakdown != "none") {
+      nlohmann::json phases = timer.totals();
+      if (breakdown == "layers") {
+        nlohmann::json layers = nlohmann::json::array();
+        double forward = 0, backward = 0;
+        for (size_t i = 0; i < layer_forward_ms.size(); ++i) {
+          layers.push_back({{"name", std::to_string(i) + " " + (*sequential)[i]->name()},
+                            {"forward_ms", layer_forward_ms[i]},
+                            {"backward_ms", layer_backward_ms[i]}});
+          forward += layer_forward_ms[i];
+          backward += layer_backward_ms[i];
+        }
+        phases["forward"] = forward;
+        phases["backward"] = backward;
+        result["layers_ms"] = layers;
+      }
+      result["phases_ms"] = phases;
+    }
+    std::printf("%s\n", result.dump().c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tandem-compare: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

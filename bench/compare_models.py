@@ -1,0 +1,379 @@
+#!/usr/bin/python3
+"""PyTorch side of bench/compare_pytorch: trains the same models as tandem-compare with
+SGD (lr 0.05, momentum 0.9, weight decay 5e-4) and cross-entropy, and prints one JSON
+line per loop variant:
+
+  --model mlp       784-256-ReLU-10, one epoch of Fashion-MNIST, batch 128
+  --model cnn       conv(1->32,3,pad 1)-BN-ReLU-maxpool2 - conv(32->64,3,pad 1)-BN-ReLU-
+                    maxpool2 - flatten - linear(3136->128)-ReLU - linear(128->10),
+                    one epoch of Fashion-MNIST, batch 128
+  --model resnet18  CIFAR-style ResNet-18 (3x3 stem, no max-pool, BasicBlock [2,2,2,2]),
+                    --warmup-steps untimed then --steps timed steps of batch 32 on
+                    3x32x32 synthetic images built like Tandem's SyntheticImages
+                    (a uniform [-1, 1) prototype per class plus standard normal noise)
+
+  dataloader  the idiomatic loop: torch.utils.data.DataLoader over a TensorDataset,
+              shuffle=True (pin_memory on CUDA)
+  indexed     the fastest reasonable loop: index pre-loaded tensors (on the target
+              device) with a fresh torch.randperm each epoch
+
+Only the training loop is timed (loader work included, data-set loading and warm-up
+steps excluded). --breakdown adds where the time went, as tandem-compare does.
+"""
+import argparse
+import collections
+import gzip
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+MEAN, STD = 0.2860, 0.3530  # the training set's statistics, as Tandem's FashionMNIST uses
+
+
+def read_idx(path):
+    """Reads an IDX file (gzip-compressed or not) into a numpy array of its shape."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find(data_dir, name):
+    for candidate in (name + ".gz", name):
+        path = os.path.join(data_dir, candidate)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"[compare_models.py] expected {name}(.gz) in {data_dir}, got neither")
+
+
+def load_split(data_dir, prefix):
+    images = read_idx(find(data_dir, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(find(data_dir, f"{prefix}-labels-idx1-ubyte"))
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    x = ((x - MEAN) / STD).reshape(-1, 1, 28, 28).contiguous()
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y
+
+
+def synthetic_images(n, shape, num_classes, seed, noise=1.0):
+    """n images of `shape` = prototype[label] + noise * N(0, 1), labels uniform: the same
+    distribution as Tandem's data::SyntheticImages (not the same values: other RNG)."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand((num_classes,) + tuple(shape), generator=g) * 2 - 1
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    x = prototypes[y] + noise * torch.randn((n,) + tuple(shape), generator=g)
+    return x.contiguous(), y
+
+
+def loaded_blas():
+    """Path of the BLAS library this process loaded (torch's matrix products on the CPU)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            name = os.path.basename(line.split()[-1])
+            if name.startswith(("libblas", "libopenblas", "libmkl", "libblis")):
+                return os.path.realpath(line.split()[-1])
+    return "unknown"
+
+
+class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), as Tandem's nn::BasicBlock."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool), as Tandem's models::ResNet18;
+    11,173,962 parameters for 3 channels and 10 classes."""
+
+    def __init__(self, in_channels=3, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin = 64
+        for i, width in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width, 1)))
+            cin = width
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_model(name):
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    if name == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    return ResNet18()
+
+
+def make_model(name, device, seed):
+    torch.manual_seed(seed)
+    model = build_model(name).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return model, optimizer
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Breakdown:
+    """Milliseconds per phase and, for nn.Sequential models, per child (forward and
+    backward), synchronised on CUDA; mirrors tandem-compare --breakdown."""
+
+    def __init__(self, mode, device):
+        self.mode, self.device = mode, device
+        self.phases = collections.defaultdict(float)
+        self.layer_fwd = collections.defaultdict(float)
+        self.layer_bwd = collections.defaultdict(float)
+        self.names = []
+        self.mark = time.perf_counter()
+
+    def start(self):
+        self.mark = time.perf_counter()
+
+    def lap(self, name):
+        sync(self.device)
+        now = time.perf_counter()
+        self.phases[name] += (now - self.mark) * 1e3
+        self.mark = now
+
+    def result(self):
+        out = {"phases_ms": dict(self.phases)}
+        if self.mode == "layers":
+            out["phases_ms"]["forward"] = sum(self.layer_fwd.values())
+            out["phases_ms"]["backward"] = sum(self.layer_bwd.values())
+            out["layers_ms"] = [{"name": n, "forward_ms": self.layer_fwd[i], "backward_ms": self.layer_bwd[i]}
+                                for i, n in enumerate(self.names)]
+        return out
+
+
+def train_step(model, optimizer, xb, yb, bd=None):
+    if bd is None:
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+    if bd.mode == "phases":
+        bd.start()
+        logits = model(xb)
+        bd.lap("forward")
+        loss = nn.functional.cross_entropy(logits, yb)
+        bd.lap("loss")
+        optimizer.zero_grad(set_to_none=True)
+        bd.lap("zero_grad")
+        loss.backward()
+        bd.lap("backward")
+        optimizer.step()
+        bd.lap("step")
+        return loss
+    # Per child: each child's input is a detached leaf that requires grad (except the
+    # data), and backward runs segment by segment, as tandem-compare --breakdown layers.
+    children = list(model)
+    bd.names = [f"{i} {type(c).__name__}" for i, c in enumerate(children)]
+    inputs, outputs, x = [], [], xb
+    for i, child in enumerate(children):
+        inp = x if i == 0 else x.detach().requires_grad_()
+        start = time.perf_counter()
+        x = child(inp)
+        sync(bd.device)
+        bd.layer_fwd[i] += (time.perf_counter() - start) * 1e3
+        inputs.append(inp)
+        outputs.append(x)
+    logits = x.detach().requires_grad_()
+    bd.start()
+    loss = nn.functional.cross_entropy(logits, yb)
+    bd.lap("loss")
+    optimizer.zero_grad(set_to_none=True)
+    bd.lap("zero_grad")
+    loss.backward()
+    bd.lap("loss_backward")
+    grad = logits.grad
+    for i in reversed(range(len(children))):
+        if not outputs[i].requires_grad:
+            break  # a child before any parameter (the MLP's Flatten on the data) has nothing to do
+        start = time.perf_counter()
+        outputs[i].backward(grad)
+        sync(bd.device)
+        bd.layer_bwd[i] += (time.perf_counter() - start) * 1e3
+        if i > 0:
+            grad = inputs[i].grad
+    bd.start()
+    optimizer.step()
+    bd.lap("step")
+    return loss
+
+
+class Loop:
+    """Counts steps, skips the timer over the warm-up ones and stops after max_steps."""
+
+    def __init__(self, warmup, max_steps, bd, device):
+        self.warmup, self.max_steps, self.bd, self.device = warmup, max_steps, bd, device
+        self.seen, self.samples, self.loss = 0, 0, None
+        self.start = time.perf_counter()
+
+    def done(self):
+        return self.max_steps and self.seen - self.warmup >= self.max_steps
+
+    def step(self, model, optimizer, xb, yb):
+        timed = self.seen >= self.warmup
+        if timed and self.bd is not None:
+            self.bd.lap("loader")
+        self.loss = train_step(model, optimizer, xb, yb, self.bd if timed else None)
+        self.seen += 1
+        if timed:
+            self.samples += xb.shape[0]
+        elif self.seen == self.warmup:
+            sync(self.device)
+            self.start = time.perf_counter()
+        if self.bd is not None:
+            self.bd.start()
+
+
+def train_dataloader(model, optimizer, x, y, device, epochs, batch_size, loop):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size,
+                                         shuffle=True, pin_memory=device.type == "cuda")
+    for _ in range(epochs):
+        for xb, yb in loader:
+            if loop.done():
+                return
+            xb = xb.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
+            loop.step(model, optimizer, xb, yb)
+
+
+def train_indexed(model, optimizer, x, y, device, epochs, batch_size, loop):
+    n = x.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, device=device)
+        for start in range(0, n, batch_size):
+            if loop.done():
+                return
+            idx = perm[start:start + batch_size]
+            loop.step(model, optimizer, x[idx], y[idx])
+
+
+@torch.no_grad()
+def accuracy(model, x, y, device):
+    model.eval()
+    correct = 0
+    for start in range(0, x.shape[0], 1000):
+        xb = x[start:start + 1000].to(device)
+        yb = y[start:start + 1000].to(device)
+        correct += (model(xb).argmax(1) == yb).sum().item()
+    model.train()
+    return correct / x.shape[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["mlp", "cnn", "resnet18"], default="mlp")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (mlp, cnn)")
+    parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: 128 for mlp and cnn, 32 for resnet18")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of resnet18")
+    parser.add_argument("--warmup-steps", type=int, default=-1, help="untimed steps first (-1: 3 for resnet18, else 0)")
+    parser.add_argument("--max-batches", type=int, default=0, help="stop after this many timed batches (0: no limit)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch.set_num_threads (default: number of cores)")
+    parser.add_argument("--variant", choices=["dataloader", "indexed", "all"], default="all")
+    parser.add_argument("--breakdown", choices=["none", "phases", "layers"], default="none",
+                        help="time loader/forward/loss/zero_grad/backward/step; layers: also per child (mlp, cnn)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    fashion = args.model != "resnet18"
+    batch_size = args.batch_size or (128 if fashion else 32)
+    warmup = args.warmup_steps if args.warmup_steps >= 0 else (0 if fashion else 3)
+    epochs = args.epochs if fashion else 1
+    max_steps = args.max_batches if fashion else args.steps
+    if args.breakdown == "layers" and not fashion:
+        raise SystemExit(f"[compare_models.py] expected --breakdown layers with a Sequential model (mlp, cnn), "
+                         f"got {args.model}; use --breakdown phases")
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"[compare_models.py] expected a CUDA-enabled PyTorch with a GPU for --device {args.device}, "
+                         f"got torch {torch.__version__} with torch.cuda.is_available() == False "
+                         f"(Debian's python3-torch is built without CUDA)")
+    load_start = time.perf_counter()
+    if fashion:
+        x_train, y_train = load_split(args.data, "train")
+        x_test, y_test = load_split(args.data, "t10k")
+    else:
+        x_train, y_train = synthetic_images((warmup + args.steps) * batch_size, (3, 32, 32), 10, args.seed)
+    load_s = time.perf_counter() - load_start
+
+    variants = ["dataloader", "indexed"] if args.variant == "all" else [args.variant]
+    for variant in variants:
+        model, optimizer = make_model(args.model, device, args.seed)
+        if variant == "dataloader":
+            x, y, train = x_train, y_train, train_dataloader
+        else:
+            x, y, train = x_train.to(device), y_train.to(device), train_indexed
+        bd = Breakdown(args.breakdown, device) if args.breakdown != "none" else None
+        sync(device)
+        loop = Loop(warmup, max_steps, bd, device)
+        train(model, optimizer, x, y, device, epochs, batch_size, loop)
+        sync(device)
+        train_s = time.perf_counter() - loop.start
+        result = {
+            "framework": "pytorch",
+            "model": args.model,
+            "variant": variant,
+            "samples_per_s": loop.samples / train_s,
+            "test_acc": accuracy(model, x_test, y_test, device) if fashion else None,
+            "epochs": epochs,
+            "device": str(device),
+            "batch_size": batch_size,
+            "train_steps": loop.seen - warmup,
+            "warmup_steps": warmup,
+            "train_seconds": train_s,
+            "load_seconds": load_s,
+            "final_loss": loop.loss.item(),
+            "torch_version": torch.__version__,
+            "torch_num_threads": torch.get_num_threads(),
+            "blas": loaded_blas(),
+            "mkldnn": torch.backends.mkldnn.is_available(),
+        }
+        if bd is not None:
+            result.update(bd.result())
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
