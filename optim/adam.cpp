@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -14,19 +13,14 @@
 #include "engine/ops/factory.h"
 #include "kernels/cpu/adam.h"
 #include "kernels/cuda/adam.h"
+#include "optim/number_text.h"
 
 namespace tandem::optim {
 namespace {
 
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
 void check_options(const char* name, const AdamOptions& o) {
   auto fail = [&](const std::string& expected, double got) {
-    throw std::invalid_argument(std::string("[") + name + "] expected " + expected + ", got " + num(got));
+    throw std::invalid_argument(std::string("[") + name + "] expected " + expected + ", got " + number_text(got));
   };
   if (!(o.lr >= 0.0)) fail("lr >= 0", o.lr);
   if (!(o.eps >= 0.0)) fail("eps >= 0", o.eps);
@@ -157,7 +151,7 @@ void Adam::load_state_dict(const OptimizerState& saved) {
     if (flat >= total) {
       problems.push_back("unexpected scalar " + it->first);
     } else if (!(value >= 1.0 && value == std::floor(value))) {
-      problems.push_back("scalar " + it->first + ": expected a step count >= 1, got " + num(value));
+      problems.push_back("scalar " + it->first + ": expected a step count >= 1, got " + number_text(value));
     } else {
       steps[flat] = static_cast<int64_t>(value);
     }

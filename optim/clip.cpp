@@ -5,7 +5,6 @@
 #include <cmath>
 #include <limits>
 #include <map>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -14,15 +13,10 @@
 #include "engine/dispatch.h"
 #include "kernels/cpu/norm2.h"
 #include "kernels/cuda/norm2.h"
+#include "optim/number_text.h"
 
 namespace tandem::optim {
 namespace {
-
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 using GroupKey = std::tuple<DeviceType, int, DType>;
 
@@ -38,9 +32,9 @@ struct GradList {
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, double norm_type, bool error_if_nonfinite) {
   const double inf = std::numeric_limits<double>::infinity();
   if (!(norm_type > 0.0)) {
-    throw std::invalid_argument("[clip_grad_norm] expected norm_type > 0 (or infinity), got " + num(norm_type));
+    throw std::invalid_argument("[clip_grad_norm] expected norm_type > 0 (or infinity), got " + number_text(norm_type));
   }
-  if (!(max_norm >= 0.0)) throw std::invalid_argument("[clip_grad_norm] expected max_norm >= 0, got " + num(max_norm));
+  if (!(max_norm >= 0.0)) throw std::invalid_argument("[clip_grad_norm] expected max_norm >= 0, got " + number_text(max_norm));
 
   std::map<GroupKey, GradList> lists;
   for (size_t i = 0; i < params.size(); ++i) {
@@ -89,8 +83,8 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, double
                                                              : std::pow(acc, 1.0 / norm_type);
   if (error_if_nonfinite && !std::isfinite(total)) {
     throw std::runtime_error("[clip_grad_norm] expected a finite total norm of order " +
-                             (norm_type == inf ? std::string("inf") : num(norm_type)) +
-                             " of the gradients, got " + num(total) +
+                             (norm_type == inf ? std::string("inf") : number_text(norm_type)) +
+                             " of the gradients, got " + number_text(total) +
                              "; pass error_if_nonfinite = false to clip anyway");
   }
 

@@ -2,22 +2,16 @@
 // closed forms of each schedule. Closed forms rather than PyTorch's recursive updates,
 // so a restored last_epoch reproduces the sequence; they agree to rounding.
 #include "optim/schedule.h"
+#include "optim/number_text.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 
 namespace tandem::optim {
 namespace {
-
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 [[noreturn]] void fail(const char* op, const std::string& expected, const std::string& got) {
   throw std::invalid_argument(std::string("[") + op + "] expected " + expected + ", got " + got);
@@ -30,7 +24,7 @@ std::vector<double> group_lrs(const Optimizer& optimizer) {
 }
 
 void check_warmup(const char* op, double start_factor, int64_t warmup_iters) {
-  if (!(start_factor > 0.0 && start_factor <= 1.0)) fail(op, "start_factor in (0, 1]", num(start_factor));
+  if (!(start_factor > 0.0 && start_factor <= 1.0)) fail(op, "start_factor in (0, 1]", number_text(start_factor));
   if (warmup_iters < 1) fail(op, "warmup_iters >= 1", std::to_string(warmup_iters));
 }
 
@@ -81,7 +75,7 @@ void LRScheduler::load_state_dict(const SchedulerState& state) {
   if (epoch == state.end()) {
     problems.push_back("missing last_epoch");
   } else if (!(epoch->second >= 0.0 && epoch->second == std::floor(epoch->second))) {
-    problems.push_back("last_epoch: expected an integer >= 0, got " + num(epoch->second));
+    problems.push_back("last_epoch: expected an integer >= 0, got " + number_text(epoch->second));
   }
   std::vector<double> base(base_lrs_.size());
   for (size_t g = 0; g < base.size(); ++g) {
@@ -91,7 +85,7 @@ void LRScheduler::load_state_dict(const SchedulerState& state) {
     if (it == state.end()) {
       problems.push_back("missing " + key);
     } else if (!(it->second >= 0.0)) {
-      problems.push_back(key + ": expected >= 0, got " + num(it->second));
+      problems.push_back(key + ": expected >= 0, got " + number_text(it->second));
     } else {
       base[g] = it->second;
     }
@@ -126,7 +120,7 @@ double LinearWarmup::lr_at(double base_lr, int64_t epoch) const {
 StepLR::StepLR(Optimizer& optimizer, int64_t step_size, double gamma)
     : LRScheduler(optimizer), step_size_(step_size), gamma_(gamma) {
   if (step_size < 1) fail("StepLR", "step_size >= 1", std::to_string(step_size));
-  if (!(gamma > 0.0)) fail("StepLR", "gamma > 0", num(gamma));
+  if (!(gamma > 0.0)) fail("StepLR", "gamma > 0", number_text(gamma));
   start();
 }
 
@@ -137,7 +131,7 @@ double StepLR::lr_at(double base_lr, int64_t epoch) const {
 CosineAnnealingLR::CosineAnnealingLR(Optimizer& optimizer, int64_t T_max, double eta_min)
     : LRScheduler(optimizer), t_max_(T_max), eta_min_(eta_min) {
   if (T_max < 1) fail("CosineAnnealingLR", "T_max >= 1", std::to_string(T_max));
-  if (!(eta_min >= 0.0)) fail("CosineAnnealingLR", "eta_min >= 0", num(eta_min));
+  if (!(eta_min >= 0.0)) fail("CosineAnnealingLR", "eta_min >= 0", number_text(eta_min));
   start();
 }
 
@@ -214,7 +208,7 @@ WarmupThen::WarmupThen(Optimizer& optimizer, double start_factor, int64_t warmup
                    {warmup_iters}, /*base_index=*/1, "WarmupThen") {}
 
 double scaled_lr(double base_lr, int64_t world_size, int64_t accumulation) {
-  if (!(base_lr >= 0.0) || !std::isfinite(base_lr)) fail("scaled_lr", "a finite base_lr >= 0", num(base_lr));
+  if (!(base_lr >= 0.0) || !std::isfinite(base_lr)) fail("scaled_lr", "a finite base_lr >= 0", number_text(base_lr));
   if (world_size < 1) fail("scaled_lr", "world_size >= 1", std::to_string(world_size));
   if (accumulation < 1) fail("scaled_lr", "accumulation >= 1", std::to_string(accumulation));
   return base_lr * static_cast<double>(world_size) * static_cast<double>(accumulation);
