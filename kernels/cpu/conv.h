@@ -1,6 +1,7 @@
 // CPU 2-D convolution (NCHW, weight (O, C/groups, kh, kw)) by im2col + GEMM
-// (kernels/cpu/gemm.h), one sample at a time so the column matrix stays in cache,
-// with the batch split across OpenMP threads. f32 and f64; the engine widens f16/bf16.
+// (kernels/cpu/gemm.h), over blocks of samples sized so the GEMMs are wide but the
+// column matrix stays in cache, with the blocks split across OpenMP threads. f32 and
+// f64; the engine widens f16/bf16.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +22,7 @@ void im2col(const T* x, const Window2d& g, int64_t channels, T* cols);
 template <class T>
 void col2im(const T* cols, const Window2d& g, int64_t channels, T* x);
 
-/// y (N, O, out_h, out_w) = conv2d(x, w) + bias: per sample and group,
+/// y (N, O, out_h, out_w) = conv2d(x, w) + bias: per block of samples and group,
 /// y[n, g] = W_g · im2col(x[n, g]), with the bias rows written first and the GEMM
 /// accumulating onto them. `bias` may be null. f32 and f64.
 void conv2d_forward(DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, const void* x,
