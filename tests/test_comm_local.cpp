@@ -28,23 +28,7 @@ const std::vector<DType> kDTypes = {DType::kF32, DType::kF16, DType::kBF16, DTyp
 const std::vector<int64_t> kSizes = {0, 1, 7};
 constexpr int64_t kBig = 1'000'003;
 
-// Runs fn(rank) on one thread per rank; the first exception is rethrown here.
-void run_ranks(int size, const std::function<void(int)>& fn) {
-  std::vector<std::thread> threads;
-  std::exception_ptr error;
-  std::mutex mutex;
-  for (int r = 0; r < size; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (!error) error = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  if (error) std::rethrow_exception(error);
-}
+using tandem::testing::run_ranks;
 
 // Values that are small integers (or halves), exact in every dtype tested, so sums
 // and averages are known exactly: value(i) = a + i % 5.

@@ -21,23 +21,7 @@ namespace {
 
 using tandem::testing::random_tensor;
 
-// Runs fn(rank) on one thread per rank; the first exception is rethrown here.
-void run_ranks(int size, const std::function<void(int)>& fn) {
-  std::vector<std::thread> threads;
-  std::exception_ptr error;
-  std::mutex mutex;
-  for (int r = 0; r < size; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (!error) error = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  if (error) std::rethrow_exception(error);
-}
+using tandem::testing::run_ranks;
 
 Device device_of(int rank) { return Device::cuda(rank % cuda::device_count()); }
 

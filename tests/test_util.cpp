@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <mutex>
+#include <thread>
 #include <sstream>
 
 #include "kernels/philox.h"
@@ -125,6 +127,23 @@ void expect_invalid(const std::function<void()>& fn, const std::vector<std::stri
     for (const std::string& p : pieces)
       EXPECT_NE(what.find(p), std::string::npos) << "message: " << what << "\nmissing: " << p;
   }
+}
+
+void run_ranks(int size, const std::function<void(int)>& fn) {
+  std::vector<std::thread> threads;
+  std::exception_ptr error;
+  std::mutex mutex;
+  for (int r = 0; r < size; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        fn(r);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!error) error = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 std::string fixture_path(const std::string& name) { return std::string(TANDEM_FIXTURE_DIR) + "/" + name; }

@@ -52,6 +52,9 @@ double relative_error(const Tensor& got, const Tensor& want);
 /// Runs `fn`, expects std::invalid_argument, and checks its message contains every piece.
 void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces);
 
+/// Runs fn(rank) on one thread per rank and joins them; the first exception is rethrown.
+void run_ranks(int size, const std::function<void(int)>& fn);
+
 /// Path of a fixture file under tests/fixtures.
 std::string fixture_path(const std::string& name);
 /// Parses tests/fixtures/<name> (written by tests/make_fixtures.py).

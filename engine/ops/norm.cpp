@@ -119,16 +119,23 @@ Tensor batch_norm_elemt(const Tensor& x, const Tensor& mean, const Tensor& invst
   return y;
 }
 
-BatchNormBackwardReduce batch_norm_backward_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean,
-                                                   const Tensor& invstd, bool weight_grad, bool bias_grad) {
-  const char* op = "batch_norm_backward_reduce";
-  check_batch_norm_input(op, x);
+namespace {
+// grad_output must match the input in shape, dtype and device.
+void check_grad_output(const char* op, const Tensor& dy, const Tensor& x) {
   check_defined(op, dy, "grad_output");
   if (dy.shape() != x.shape())
     throw std::invalid_argument(op_prefix(op) + "expected grad_output of the input's shape " + shape_str(x.shape()) +
                                 ", got " + shape_str(dy.shape()));
   check_same_dtype(op, x, dy);
   check_same_device(op, x, dy);
+}
+}  // namespace
+
+BatchNormBackwardReduce batch_norm_backward_reduce(const Tensor& dy, const Tensor& x, const Tensor& mean,
+                                                   const Tensor& invstd, bool weight_grad, bool bias_grad) {
+  const char* op = "batch_norm_backward_reduce";
+  check_batch_norm_input(op, x);
+  check_grad_output(op, dy, x);
   check_defined(op, mean, "mean");
   check_defined(op, invstd, "invstd");
   check_channel_vector(op, mean, "mean", x);
@@ -163,12 +170,7 @@ Tensor batch_norm_backward_elemt(const Tensor& dy, const Tensor& x, const Tensor
                                  const Tensor& weight, const Tensor& sum_dy, const Tensor& sum_dy_xmu, int64_t count) {
   const char* op = "batch_norm_backward_elemt";
   check_batch_norm_input(op, x);
-  check_defined(op, dy, "grad_output");
-  if (dy.shape() != x.shape())
-    throw std::invalid_argument(op_prefix(op) + "expected grad_output of the input's shape " + shape_str(x.shape()) +
-                                ", got " + shape_str(dy.shape()));
-  check_same_dtype(op, x, dy);
-  check_same_device(op, x, dy);
+  check_grad_output(op, dy, x);
   check_defined(op, mean, "mean");
   check_defined(op, invstd, "invstd");
   for (const auto& [t, name] : {std::pair{&mean, "mean"}, {&invstd, "invstd"}, {&weight, "weight"},
