@@ -49,6 +49,7 @@ Tensor BatchNormBase::forward(const Tensor& input) {
     // on CUDA, paid only in this rarely used mode).
     if (!options_.momentum) factor = 1.0 / num_batches_tracked_.item();
   }
+  if (sync_ && is_training()) return sync_->forward(*this, input, factor);
   // Without tracked statistics both modes normalise with the batch's own.
   const bool use_batch_stats = is_training() || !track;
   return batch_norm(input, weight_, bias_, track ? running_mean_ : Tensor(), track ? running_var_ : Tensor(),

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <utility>
 
 #include "layers/module.h"
 
@@ -16,6 +18,20 @@ struct BatchNormOptions {
   std::optional<double> momentum = 0.1;
   bool affine = true;               // learnable weight (ones) and bias (zeros)
   bool track_running_stats = true;  // running_mean, running_var, num_batches_tracked buffers
+};
+
+class BatchNormBase;
+
+/// Training-mode batch norm whose statistics span more than this process's batch.
+/// comm::SyncBatchNorm implements it (layers cannot depend on comm) and
+/// comm::convert_sync_batchnorm installs it into existing batch-norm layers in place,
+/// so parents that hold typed pointers to their layers see the change.
+class BatchNormSync {
+ public:
+  virtual ~BatchNormSync() = default;
+  /// Normalises `input` with the statistics of the whole distributed batch and updates
+  /// `bn`'s running statistics (if tracked) with weight `momentum` for the new batch.
+  virtual Tensor forward(const BatchNormBase& bn, const Tensor& input, double momentum) = 0;
 };
 
 /// What BatchNorm1d and BatchNorm2d share (comm::SyncBatchNorm converts any of them).
@@ -36,6 +52,10 @@ class BatchNormBase : public Module {
   /// int64 scalar: training forwards seen.
   const Tensor& num_batches_tracked() const { return num_batches_tracked_; }
 
+  /// Routes training-mode forwards through `sync` (null restores the local statistics).
+  void set_sync(std::shared_ptr<BatchNormSync> sync) { sync_ = std::move(sync); }
+  const std::shared_ptr<BatchNormSync>& sync() const { return sync_; }
+
  protected:
   BatchNormBase(int64_t num_features, const BatchNormOptions& options);
   /// Throws unless the input has a rank this layer accepts.
@@ -45,6 +65,7 @@ class BatchNormBase : public Module {
   int64_t num_features_;
   BatchNormOptions options_;
   Tensor weight_, bias_, running_mean_, running_var_, num_batches_tracked_;
+  std::shared_ptr<BatchNormSync> sync_;
 };
 
 /// Batch norm over (N, C) or (N, C, L) input.

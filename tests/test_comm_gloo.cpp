@@ -1,141 +1,26 @@
-// Tests of the gloo backend with real worker processes: the test re-executes this
-// binary (/proc/self/exe) once per rank with a filter naming a worker-only test and
-// RANK/WORLD_SIZE/MASTER_PORT in the environment, then waits with a deadline and
-// kills stragglers. Workers check every collective against values computed locally.
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+// Tests of the gloo backend with real worker processes (testing::run_workers
+// re-executes this binary once per rank). Workers check every collective against
+// values computed locally.
 #include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "comm/gloo.h"
 #include "comm/store.h"
 #include "test_util.h"
 
-extern char** environ;
-
 namespace tandem::comm {
 namespace {
 
 using namespace std::chrono_literals;
-
-constexpr const char* kWorkerEnv = "TANDEM_GLOO_TEST_WORKER";
-
-// ---- worker processes ---------------------------------------------------------------
-
-/// A TCP port nothing listens on right now (bound to port 0 and read back).
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ADD_FAILURE() << "could not bind a probe socket: " << std::strerror(errno);
-    return 29500;
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-/// Exit status of each rank: the exit code, or 128+signal, or -1 if it had to be
-/// killed at the deadline.
-std::vector<int> run_workers(const std::string& test_name, int world, std::chrono::seconds deadline,
-                             const std::vector<std::string>& extra_env = {}) {
-  const int port = free_port();
-  std::vector<pid_t> pids;
-  for (int rank = 0; rank < world; ++rank) {
-    // Build argv and envp before fork: the child only execs.
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e != nullptr; ++e) {
-      std::string s(*e);
-      if (s.rfind("RANK=", 0) == 0 || s.rfind("WORLD_SIZE=", 0) == 0 || s.rfind("MASTER_", 0) == 0) continue;
-      env_strings.push_back(s);
-    }
-    env_strings.push_back(std::string(kWorkerEnv) + "=1");
-    env_strings.push_back("RANK=" + std::to_string(rank));
-    env_strings.push_back("WORLD_SIZE=" + std::to_string(world));
-    env_strings.push_back("MASTER_ADDR=127.0.0.1");
-    env_strings.push_back("MASTER_PORT=" + std::to_string(port));
-    for (const auto& e : extra_env) env_strings.push_back(e);
-    std::vector<char*> envp;
-    for (auto& s : env_strings) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::string arg0 = "test_comm_gloo";
-    std::string filter = "--gtest_filter=" + test_name;
-    std::string brief = "--gtest_brief=1";
-    char* argv[] = {arg0.data(), filter.data(), brief.data(), nullptr};
-    pid_t pid = fork();
-    if (pid == 0) {
-      execve("/proc/self/exe", argv, envp.data());
-      _exit(127);
-    }
-    pids.push_back(pid);
-  }
-  std::vector<int> status(world, -2);
-  const auto end = std::chrono::steady_clock::now() + deadline;
-  int remaining = world;
-  while (remaining > 0 && std::chrono::steady_clock::now() < end) {
-    for (int r = 0; r < world; ++r) {
-      if (status[r] != -2) continue;
-      int st = 0;
-      if (waitpid(pids[r], &st, WNOHANG) == pids[r]) {
-        status[r] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        --remaining;
-      }
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  for (int r = 0; r < world; ++r) {
-    if (status[r] != -2) continue;
-    kill(pids[r], SIGKILL);
-    waitpid(pids[r], nullptr, 0);
-    status[r] = -1;
-  }
-  return status;
-}
-
-int env_int(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? -1 : std::atoi(v);
-}
-
-bool is_worker() { return std::getenv(kWorkerEnv) != nullptr; }
-
-#define TANDEM_GLOO_WORKER_ONLY() \
-  do {                            \
-    if (!is_worker()) GTEST_SKIP() << "runs only as a worker process started by another test"; \
-  } while (0)
-
-/// The store workers meet through: the TCP store hosted by rank 0.
-std::shared_ptr<Store> worker_store(std::chrono::milliseconds timeout) {
-  TCPStoreOptions o;
-  o.host = "127.0.0.1";
-  o.port = env_int("MASTER_PORT");
-  o.is_server = env_int("RANK") == 0;
-  o.world_size = env_int("WORLD_SIZE");
-  o.timeout = timeout;
-  o.rank = env_int("RANK");
-  return make_tcp_store(o);
-}
-
-std::shared_ptr<ProcessGroup> worker_group(std::chrono::milliseconds timeout) {
-  ProcessGroupOptions options;
-  options.timeout = timeout;
-  return make_gloo_group(worker_store(timeout), env_int("RANK"), env_int("WORLD_SIZE"), options);
-}
+using tandem::testing::env_int;
+using tandem::testing::expect_all_ok;
+using tandem::testing::is_worker;
+using tandem::testing::run_workers;
+using tandem::testing::worker_gloo_group;
+using tandem::testing::worker_store;
 
 // ---- values and checks --------------------------------------------------------------
 
@@ -231,8 +116,8 @@ void check_collectives(ProcessGroup& pg, DType dtype, int64_t n, bool all_ops = 
 // ---- worker-only tests (started by the tests below) ----------------------------------
 
 TEST(GlooWorker, Collectives) {
-  TANDEM_GLOO_WORKER_ONLY();
-  auto pg = worker_group(20s);
+  TANDEM_WORKER_ONLY();
+  auto pg = worker_gloo_group(20s);
   ASSERT_EQ(pg->backend(), "gloo");
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kF64, DType::kI32, DType::kI64, DType::kU8})
     for (int64_t n : {0, 1, 7}) check_collectives(*pg, dtype, n);
@@ -242,8 +127,8 @@ TEST(GlooWorker, Collectives) {
 }
 
 TEST(GlooWorker, CoalescedAndAsync) {
-  TANDEM_GLOO_WORKER_ONLY();
-  auto pg = worker_group(20s);
+  TANDEM_WORKER_ONLY();
+  auto pg = worker_gloo_group(20s);
   const int rank = pg->rank(), world = pg->size();
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kI64}) {
     // Several sizes, one of them empty, reduced as one collective.
@@ -282,10 +167,10 @@ TEST(GlooWorker, CoalescedAndAsync) {
 /// others must fail with an error naming the op, themselves and the dead rank, in
 /// about the timeout.
 TEST(GlooWorker, PeerDiesMidSequence) {
-  TANDEM_GLOO_WORKER_ONLY();
+  TANDEM_WORKER_ONLY();
   const auto timeout = 2000ms;
   const int dying = env_int("TANDEM_GLOO_TEST_DYING");
-  auto pg = worker_group(timeout);
+  auto pg = worker_gloo_group(timeout);
   const int rank = pg->rank();
   for (int step = 0; step < 3; ++step) {
     Tensor t = rank_tensor(DType::kF32, rank, 100'000, step);
@@ -319,7 +204,7 @@ TEST(GlooWorker, PeerDiesMidSequence) {
 /// Debug mode: rank 1 all-reduces one element more than rank 0; both ranks report
 /// the mismatch instead of exchanging mismatched buffers.
 TEST(GlooWorker, DebugModeReportsMismatch) {
-  TANDEM_GLOO_WORKER_ONLY();
+  TANDEM_WORKER_ONLY();
   ProcessGroupOptions options;
   options.timeout = 5s;
   options.debug = true;
@@ -339,11 +224,6 @@ TEST(GlooWorker, DebugModeReportsMismatch) {
 }
 
 // ---- tests run by ctest ---------------------------------------------------------------
-
-void expect_all_ok(const std::vector<int>& status) {
-  for (size_t r = 0; r < status.size(); ++r)
-    EXPECT_EQ(status[r], 0) << "rank " << r << " of " << status.size() << (status[r] == -1 ? " hung and was killed" : " failed");
-}
 
 class GlooWorldSize : public ::testing::TestWithParam<int> {};
 

@@ -1,16 +1,28 @@
 // Shared test helpers (see test_util.h).
 #include "test_util.h"
 
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <thread>
 #include <sstream>
 
+#include "comm/launch.h"
+#include "comm/store.h"
 #include "kernels/philox.h"
+#include "tandem/config.h"
+
+extern char** environ;
 
 namespace tandem::testing {
 
@@ -248,6 +260,119 @@ TempDir::~TempDir() { std::filesystem::remove_all(path_); }
 void write_raw(const std::filesystem::path& path, const std::vector<unsigned char>& bytes) {
   std::ofstream f(path, std::ios::binary);
   f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+// ---- worker processes ------------------------------------------------------------------------
+
+namespace {
+constexpr const char* kWorkerEnv = "TANDEM_TEST_WORKER";
+}  // namespace
+
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ADD_FAILURE() << "could not bind a probe socket: " << std::strerror(errno);
+    if (fd >= 0) close(fd);
+    return 29500;
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::vector<int> run_workers(const std::string& test_name, int world, std::chrono::seconds deadline,
+                             const std::vector<std::string>& extra_env) {
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int rank = 0; rank < world; ++rank) {
+    // Build argv and envp before fork: the child only execs.
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e) {
+      std::string s(*e);
+      if (s.rfind("RANK=", 0) == 0 || s.rfind("WORLD_SIZE=", 0) == 0 || s.rfind("MASTER_", 0) == 0) continue;
+      env_strings.push_back(s);
+    }
+    env_strings.push_back(std::string(kWorkerEnv) + "=1");
+    env_strings.push_back("RANK=" + std::to_string(rank));
+    env_strings.push_back("WORLD_SIZE=" + std::to_string(world));
+    env_strings.push_back("MASTER_ADDR=127.0.0.1");
+    env_strings.push_back("MASTER_PORT=" + std::to_string(port));
+    for (const auto& e : extra_env) env_strings.push_back(e);
+    std::vector<char*> envp;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::string arg0 = "tandem-test-worker";
+    std::string filter = "--gtest_filter=" + test_name;
+    std::string brief = "--gtest_brief=1";
+    char* argv[] = {arg0.data(), filter.data(), brief.data(), nullptr};
+    pid_t pid = fork();
+    if (pid == 0) {
+      execve("/proc/self/exe", argv, envp.data());
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  std::vector<int> status(static_cast<size_t>(world), -2);
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  int remaining = world;
+  while (remaining > 0 && std::chrono::steady_clock::now() < end) {
+    for (int r = 0; r < world; ++r) {
+      if (status[r] != -2) continue;
+      int st = 0;
+      if (waitpid(pids[r], &st, WNOHANG) == pids[r]) {
+        status[r] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        --remaining;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (int r = 0; r < world; ++r) {
+    if (status[r] != -2) continue;
+    kill(pids[r], SIGKILL);
+    waitpid(pids[r], nullptr, 0);
+    status[r] = -1;
+  }
+  return status;
+}
+
+void expect_all_ok(const std::vector<int>& status) {
+  for (size_t r = 0; r < status.size(); ++r)
+    EXPECT_EQ(status[r], 0) << "rank " << r << " of " << status.size()
+                            << (status[r] == -1 ? " hung and was killed" : " failed");
+}
+
+bool is_worker() { return std::getenv(kWorkerEnv) != nullptr; }
+
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? -1 : std::atoi(v);
+}
+
+std::shared_ptr<comm::Store> worker_store(std::chrono::milliseconds timeout) {
+  comm::TCPStoreOptions o;
+  o.host = "127.0.0.1";
+  o.port = env_int("MASTER_PORT");
+  o.is_server = env_int("RANK") == 0;
+  o.world_size = env_int("WORLD_SIZE");
+  o.timeout = timeout;
+  o.rank = env_int("RANK");
+  return comm::make_tcp_store(o);
+}
+
+std::shared_ptr<comm::ProcessGroup> worker_gloo_group(std::chrono::milliseconds timeout) {
+#if TANDEM_GLOO
+  comm::ProcessGroupOptions options;
+  options.timeout = timeout;
+  return comm::make_gloo_group(worker_store(timeout), env_int("RANK"), env_int("WORLD_SIZE"), options);
+#else
+  (void)timeout;
+  throw std::runtime_error("worker_gloo_group: this build has no gloo backend (-DTANDEM_GLOO=ON)");
+#endif
 }
 
 }  // namespace tandem::testing

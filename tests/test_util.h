@@ -8,12 +8,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "comm/process_group.h"
+#include "comm/store.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"
@@ -54,6 +57,34 @@ void expect_invalid(const std::function<void()>& fn, const std::vector<std::stri
 
 /// Runs fn(rank) on one thread per rank and joins them; the first exception is rethrown.
 void run_ranks(int size, const std::function<void(int)>& fn);
+
+// ---- worker processes (multi-process tests over gloo) -------------------------------------
+// A test re-executes its own binary (/proc/self/exe) once per rank with a filter naming a
+// worker-only test and RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT plus TANDEM_TEST_WORKER=1
+// in the environment, then waits with a deadline and kills stragglers.
+
+/// A TCP port nothing listens on right now (bound to port 0 and read back).
+int free_port();
+/// Starts `world` worker processes running the test `test_name` and returns each rank's
+/// exit status: the exit code, 128+signal, or -1 when it had to be killed at the deadline.
+std::vector<int> run_workers(const std::string& test_name, int world, std::chrono::seconds deadline,
+                             const std::vector<std::string>& extra_env = {});
+/// Expects every status from run_workers to be 0, naming the rank otherwise.
+void expect_all_ok(const std::vector<int>& status);
+/// True in a process started by run_workers.
+bool is_worker();
+/// An integer environment variable, -1 when unset.
+int env_int(const char* name);
+/// In a worker: the TCP store hosted by rank 0 at MASTER_PORT.
+std::shared_ptr<comm::Store> worker_store(std::chrono::milliseconds timeout);
+/// In a worker: the gloo group of this worker's rank (TCP store hosted by rank 0).
+std::shared_ptr<comm::ProcessGroup> worker_gloo_group(std::chrono::milliseconds timeout);
+
+/// First statement of a worker-only test: skips unless run by run_workers.
+#define TANDEM_WORKER_ONLY()                                                                    \
+  do {                                                                                          \
+    if (!::tandem::testing::is_worker()) GTEST_SKIP() << "runs only as a worker process started by another test"; \
+  } while (0)
 
 /// Path of a fixture file under tests/fixtures.
 std::string fixture_path(const std::string& name);
