@@ -1,0 +1,67 @@
+// DistributedDataParallel on the GPU: NCCL at world size 1 and the local backend with
+// two ranks sharing one GPU, each matching one process trained on the whole batch
+// (on the GPU, and on the CPU within f32 tolerance).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/ddp.h"
+#include "comm/launch.h"
+#include "comm/local.h"
+#include "comm/store.h"
+#include "ddp_test_support.h"
+#include "tandem/config.h"
+#include "test_util.h"
+
+namespace tandem::comm {
+namespace {
+
+using namespace ddp_test;
+using namespace std::chrono_literals;
+
+TEST(CudaDDP, LocalBackendTwoRanksOnOneGpuMatchOneProcess) {
+  TANDEM_REQUIRE_CUDA();
+  for (Kind k : {Kind::kMLP, Kind::kCNN, Kind::kUnused}) {
+    SCOPED_TRACE(kind_name(k));
+    const int world = 2;
+    auto want_gpu = reference(k, world, k == Kind::kCNN, Device::cuda(0));
+    auto want_cpu = reference(k, world, k == Kind::kCNN);
+    std::vector<std::shared_ptr<nn::Module>> models;
+    for (int r = 0; r < world; ++r) models.push_back(make_model(k, rank_seed(r)));
+    auto groups = make_local_group(world);
+    std::vector<std::vector<std::pair<std::string, Tensor>>> got(world);
+    tandem::testing::run_ranks(world, [&](int r) {
+      got[static_cast<size_t>(r)] = ddp_train(k, models[static_cast<size_t>(r)], groups[static_cast<size_t>(r)],
+                                              {.first_bucket_cap_mb = 0.001, .find_unused_parameters = k == Kind::kUnused},
+                                              Device::cuda(0));
+    });
+    for (int r = 0; r < world; ++r) {
+      expect_same_state(got[static_cast<size_t>(r)], want_gpu, "rank " + std::to_string(r) + " vs GPU reference");
+      expect_same_state(got[static_cast<size_t>(r)], want_cpu, "rank " + std::to_string(r) + " vs CPU reference");
+    }
+  }
+}
+
+TEST(CudaDDP, NcclWorldSizeOneEqualsThePlainModel) {
+  TANDEM_REQUIRE_CUDA();
+  if (!TANDEM_NCCL) GTEST_SKIP() << "built without NCCL";
+  auto pg = make_nccl_group(make_hash_store(30s), 0, 1);
+  for (Kind k : {Kind::kMLP, Kind::kCNN}) {
+    SCOPED_TRACE(kind_name(k));
+    auto want = reference(k, 1, false, Device::cuda(0));
+    auto got = ddp_train(k, make_model(k, 7), pg, {.first_bucket_cap_mb = 0.001}, Device::cuda(0));
+    expect_same_state(got, want, "nccl world size 1");
+  }
+}
+
+TEST(CudaDDP, GlooRejectsCudaParameters) {
+  TANDEM_REQUIRE_CUDA();
+  if (!TANDEM_GLOO) GTEST_SKIP() << "built without gloo";
+  auto pg = make_gloo_group(make_hash_store(5s), 0, 1, {.timeout = 5s});
+  auto model = make_model(Kind::kMLP, 1);
+  model->to(Device::cuda(0));
+  tandem::testing::expect_invalid([&] { DistributedDataParallel ddp(model, pg); }, {"gloo", "CPU", "cuda"});
+}
+
+}  // namespace
+}  // namespace tandem::comm
