@@ -14,6 +14,7 @@
 
 #include "comm/ddp.h"
 #include "comm/local.h"
+#include "comm/sync_batchnorm.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "layers/activation.h"
@@ -72,17 +73,37 @@ TEST_P(DDPLocal, UnusedBranchWithStaticGraph) {
   check_local_equivalence(Kind::kUnused, GetParam(), {.static_graph = true});
 }
 
+TEST_P(DDPLocal, CNNWithSyncBatchNormMatchesOneProcessExactly) {
+  // With synchronised statistics, batch norm over N ranks is batch norm over the whole
+  // batch: parameters and running statistics match the plain CNN on N·B samples.
+  const int world = GetParam();
+  auto want = reference(Kind::kCNN, world, /*per_rank_bn=*/false);
+  std::vector<std::shared_ptr<nn::Module>> models;
+  for (int r = 0; r < world; ++r) models.push_back(make_model(Kind::kCNN, rank_seed(r)));
+  auto groups = make_local_group(world);
+  std::vector<std::vector<std::pair<std::string, Tensor>>> got(static_cast<size_t>(world));
+  run_ranks(world, [&](int r) {
+    int converted = 0;
+    auto model = convert_sync_batchnorm(models[static_cast<size_t>(r)], groups[static_cast<size_t>(r)], &converted);
+    EXPECT_EQ(converted, 2);
+    got[static_cast<size_t>(r)] = ddp_train(Kind::kCNN, model, groups[static_cast<size_t>(r)], {.first_bucket_cap_mb = 0.01});
+  });
+  for (int r = 0; r < world; ++r)
+    expect_same_state(got[static_cast<size_t>(r)], want, "SyncBN CNN rank " + std::to_string(r) + " of " + std::to_string(world));
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, DDPLocal, ::testing::Values(2, 3, 4));
 
 TEST(DDPLocalSolo, WorldSizeOneEqualsThePlainModel) { check_local_equivalence(Kind::kMLP, 1, {}); }
 
 // ---- equivalence over gloo worker processes ----------------------------------------------
 
-void gloo_worker(Kind k) {
+void gloo_worker(Kind k, bool sync_bn = false) {
   auto pg = tandem::testing::worker_gloo_group(30s);
-  auto want = reference(k, pg->size(), k == Kind::kCNN);
-  auto got = ddp_train(k, make_model(k, rank_seed(pg->rank())), pg,
-                       {.first_bucket_cap_mb = 0.001, .find_unused_parameters = k == Kind::kUnused});
+  auto want = reference(k, pg->size(), k == Kind::kCNN && !sync_bn);
+  auto model = make_model(k, rank_seed(pg->rank()));
+  if (sync_bn) convert_sync_batchnorm(model, pg);
+  auto got = ddp_train(k, model, pg, {.first_bucket_cap_mb = 0.001, .find_unused_parameters = k == Kind::kUnused});
   expect_same_state(got, want, std::string(kind_name(k)) + " gloo rank " + std::to_string(pg->rank()));
 }
 
@@ -94,6 +115,10 @@ TEST(DDPGlooWorker, CNN) {
   TANDEM_WORKER_ONLY();
   gloo_worker(Kind::kCNN);
 }
+TEST(DDPGlooWorker, CNNSyncBatchNorm) {
+  TANDEM_WORKER_ONLY();
+  gloo_worker(Kind::kCNN, /*sync_bn=*/true);
+}
 TEST(DDPGlooWorker, Unused) {
   TANDEM_WORKER_ONLY();
   gloo_worker(Kind::kUnused);
@@ -101,10 +126,10 @@ TEST(DDPGlooWorker, Unused) {
 
 class DDPGloo : public ::testing::TestWithParam<int> {};
 
-TEST_P(DDPGloo, MLPCNNAndUnusedBranchMatchOneProcess) {
+TEST_P(DDPGloo, MLPCNNSyncBNAndUnusedBranchMatchOneProcess) {
   if (tandem::testing::is_worker()) GTEST_SKIP();
   if (!TANDEM_GLOO) GTEST_SKIP() << "built without gloo";
-  for (const char* test : {"DDPGlooWorker.MLP", "DDPGlooWorker.CNN", "DDPGlooWorker.Unused"}) {
+  for (const char* test : {"DDPGlooWorker.MLP", "DDPGlooWorker.CNN", "DDPGlooWorker.CNNSyncBatchNorm", "DDPGlooWorker.Unused"}) {
     SCOPED_TRACE(test);
     tandem::testing::expect_all_ok(tandem::testing::run_workers(test, GetParam(), 60s));
   }
