@@ -153,4 +153,17 @@ void host_empty_cache() {
 void set_poison_allocations(bool on) { g_poison.store(on); }
 bool poison_allocations() { return g_poison.load(); }
 
+std::string format_bytes(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024.0 && unit < 4) {
+    value /= 1024.0;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), unit == 0 ? "%.0f %s" : "%.2f %s", value, units[unit]);
+  return text;
+}
+
 }  // namespace tandem

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "engine/device.h"
 
@@ -56,5 +58,8 @@ void host_empty_cache();
 /// tests instead of passing on stale or zeroed memory. Off by default.
 void set_poison_allocations(bool on);
 bool poison_allocations();
+
+/// "20.00 MiB": a byte count for people (errors, reports).
+std::string format_bytes(int64_t bytes);
 
 }  // namespace tandem

@@ -61,9 +61,10 @@ TEST(Checkpoint, RoundTripsEveryDtypeShapeAndMetadata) {
     EXPECT_EQ(c.tensors[i].second.dtype(), in[i].second.dtype()) << in[i].first;
     EXPECT_EQ(c.tensors[i].second.shape(), in[i].second.shape()) << in[i].first;
     ASSERT_EQ(c.tensors[i].second.nbytes(), in[i].second.nbytes());
-    if (in[i].second.nbytes() > 0)
+    if (in[i].second.nbytes() > 0) {
       EXPECT_EQ(std::memcmp(c.tensors[i].second.data_ptr(), in[i].second.data_ptr(), in[i].second.nbytes()), 0)
           << in[i].first << " differs bit for bit";
+    }
   }
   EXPECT_EQ(c.metadata, meta);
   EXPECT_TRUE(c.contains("half"));

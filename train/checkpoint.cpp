@@ -3,8 +3,6 @@
 // a byte of tensor data is trusted.
 #include "train/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -15,6 +13,8 @@
 #include <limits>
 #include <set>
 #include <stdexcept>
+
+#include "train/atomic_file.h"
 
 namespace tandem::train {
 namespace {
@@ -47,29 +47,6 @@ T get(const char* p) {
   T v;
   std::memcpy(&v, p, sizeof(T));
   return v;
-}
-
-/// write() all of `n` bytes, retrying on EINTR and short writes.
-void write_all(int fd, const void* data, size_t n, const std::filesystem::path& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t k = ::write(fd, p, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) fail(path, "write failed: " + errno_text());
-    p += k;
-    n -= static_cast<size_t>(k);
-  }
-}
-
-/// fsync of the directory holding `path`, so the rename itself is durable.
-void sync_directory(const std::filesystem::path& path) {
-  std::filesystem::path dir = path.parent_path();
-  if (dir.empty()) dir = ".";
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) fail(path, "cannot open its directory to fsync it: " + errno_text());
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) fail(path, "fsync of its directory failed: " + errno_text());
 }
 
 /// Parses and checks the header given the prelude and header bytes already read.
@@ -254,34 +231,17 @@ void save_checkpoint(const std::filesystem::path& path, const NamedTensors& tens
   put<uint32_t>(prelude, crc32_bytes(json_text.data(), json_text.size()));
   put<uint64_t>(prelude, json_text.size());
 
-  std::filesystem::path tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(path, "cannot create the temporary file " + tmp.string() + ": " + errno_text());
-  try {
-    write_all(fd, prelude.data(), prelude.size(), path);
-    write_all(fd, json_text.data(), json_text.size(), path);
-    uint64_t pos = data_start;
-    static const char zeros[kCheckpointAlignment] = {};
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const uint64_t offset = header["tensors"][i]["offset"].get<uint64_t>();
-      write_all(fd, zeros, offset - pos, path);
-      write_all(fd, host[i].data_ptr(), host[i].nbytes(), path);
-      pos = offset + host[i].nbytes();
-    }
-    if (::fsync(fd) != 0) fail(path, "fsync failed: " + errno_text());
-    if (::close(fd) != 0) {
-      fd = -1;
-      fail(path, "close failed: " + errno_text());
-    }
-    fd = -1;
-    if (::rename(tmp.c_str(), path.c_str()) != 0) fail(path, "rename from " + tmp.string() + " failed: " + errno_text());
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
+  AtomicFileWriter out(path, "checkpoint");
+  out.write(prelude.data(), prelude.size());
+  out.write(json_text.data(), json_text.size());
+  uint64_t pos = data_start;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const uint64_t offset = header["tensors"][i]["offset"].get<uint64_t>();
+    out.write_zeros(offset - pos);
+    out.write(host[i].data_ptr(), host[i].nbytes());
+    pos = offset + host[i].nbytes();
   }
-  sync_directory(path);
+  out.commit();
 }
 
 CheckpointHeader read_checkpoint_header(const std::filesystem::path& path) {

@@ -2,30 +2,14 @@
 // calls CUDA itself, which is why it builds, and is tested, without the toolkit.
 #include "engine/cuda/caching_allocator.h"
 
+#include "engine/storage.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 #include <utility>
 
 namespace tandem::cuda {
-
-namespace {
-
-/// "20.00 MiB": sizes in errors are read by people.
-std::string format_bytes(int64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024.0 && unit < 4) {
-    value /= 1024.0;
-    ++unit;
-  }
-  char text[32];
-  std::snprintf(text, sizeof(text), unit == 0 ? "%.0f %s" : "%.2f %s", value, units[unit]);
-  return text;
-}
-
-}  // namespace
 
 // A block is a piece of a segment. The blocks of one segment form a doubly linked
 // list in address order, so a freed block can merge with free neighbours.
