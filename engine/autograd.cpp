@@ -112,6 +112,28 @@ void record(std::string name, const std::vector<Tensor>& inputs, const std::vect
   }
 }
 
+void alias_with_history(Tensor& target, const Tensor& source) {
+  check_defined("alias_with_history", target, "target");
+  check_defined("alias_with_history", source, "source");
+  if (target.is_same(source)) return;
+  std::shared_ptr<Node> fn;
+  uint32_t output_nr = 0;
+  const bool requires_grad = source.requires_grad();
+  if (requires_grad) {
+    // A leaf source has no grad_fn; pointing target at the leaf's accumulator makes
+    // every use of target record an edge straight into source's .grad.
+    fn = source.grad_fn() ? source.grad_fn() : grad_accumulator(source);
+    output_nr = source.grad_fn() ? source.output_nr() : 0;
+  }
+  target.set_data(source);
+  AutogradMeta& meta = target.impl()->autograd_meta();
+  meta.requires_grad = requires_grad;
+  meta.grad_fn = std::move(fn);
+  meta.output_nr = output_nr;
+  meta.grad.reset();
+  meta.grad_accumulator.reset();
+}
+
 bool in_backward() { return t_current_task != nullptr; }
 
 void queue_callback(std::function<void()> callback) {

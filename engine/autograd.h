@@ -118,6 +118,17 @@ bool needs_grad(const std::vector<Tensor>& inputs);
 /// `out.detach()`, or the output would own the node that owns it.
 void record(std::string name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs, BackwardFn fn);
 
+/// Makes `target` (a handle that others share, such as a layer's parameter member)
+/// take `source`'s data and its place in the graph, in place: target gets source's
+/// storage, shape, offset and dtype, and a gradient reaching target flows where one
+/// reaching source would (into source's grad_fn, or into source's .grad when source
+/// is a leaf that requires grad). target's own .grad and grad accumulator are dropped;
+/// when source needs no grad, target becomes a leaf that needs none. DataParallel
+/// re-binds each replica's parameters to differentiable copies of the primary's this
+/// way every forward. Not thread-safe for the same tensors: call it before other
+/// threads use them.
+void alias_with_history(Tensor& target, const Tensor& source);
+
 // ---- running -----------------------------------------------------------------------------
 
 /// Back-propagates from `roots`. A root without a seed gradient must hold exactly one

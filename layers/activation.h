@@ -10,6 +10,7 @@ class ReLU : public Module {
  public:
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "ReLU"; }
+  std::shared_ptr<Module> clone() const override;
 };
 
 /// x·Φ(x) (exact erf form), or the tanh approximation when `tanh_approximation`.
@@ -18,6 +19,7 @@ class GELU : public Module {
   explicit GELU(bool tanh_approximation = false) : tanh_approximation_(tanh_approximation) {}
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "GELU"; }
+  std::shared_ptr<Module> clone() const override;
 
  private:
   bool tanh_approximation_;
@@ -27,6 +29,7 @@ class Tanh : public Module {
  public:
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Tanh"; }
+  std::shared_ptr<Module> clone() const override;
 };
 
 /// 1 / (1 + exp(-x))
@@ -34,6 +37,7 @@ class Sigmoid : public Module {
  public:
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Sigmoid"; }
+  std::shared_ptr<Module> clone() const override;
 };
 
 }  // namespace tandem::nn

@@ -39,4 +39,10 @@ Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, Int2 kernel_size, cons
 
 Tensor Conv2d::forward(const Tensor& input) { return conv2d(input, weight_, bias_, options_); }
 
+std::shared_ptr<Module> Conv2d::clone() const {
+  return clone_via([this] {
+    return std::make_shared<Conv2d>(in_channels_, out_channels_, kernel_size_, options_, bias_.defined());
+  });
+}
+
 }  // namespace tandem::nn

@@ -18,6 +18,7 @@ class Conv2d : public Module {
   /// (N, in, H, W) -> (N, out, OH, OW).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Conv2d"; }
+  std::shared_ptr<Module> clone() const override;
 
   int64_t in_channels() const { return in_channels_; }
   int64_t out_channels() const { return out_channels_; }

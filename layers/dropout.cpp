@@ -17,4 +17,8 @@ Tensor Dropout::forward(const Tensor& input) {
   return dropout(input, p_, /*training=*/true);
 }
 
+std::shared_ptr<Module> Dropout::clone() const {
+  return clone_via([this] { return std::make_shared<Dropout>(p_); });
+}
+
 }  // namespace tandem::nn

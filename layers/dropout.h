@@ -12,6 +12,7 @@ class Dropout : public Module {
   /// Scales kept elements by 1/(1-p) while training; returns the input unchanged in eval mode.
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Dropout"; }
+  std::shared_ptr<Module> clone() const override;
   double p() const { return p_; }
 
  private:

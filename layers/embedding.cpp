@@ -28,4 +28,8 @@ Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, int64_t padd
 
 Tensor Embedding::forward(const Tensor& indices) { return embedding(weight_, indices, padding_idx_); }
 
+std::shared_ptr<Module> Embedding::clone() const {
+  return clone_via([this] { return std::make_shared<Embedding>(weight_.size(0), weight_.size(1), padding_idx_); });
+}
+
 }  // namespace tandem::nn

@@ -13,6 +13,7 @@ class Embedding : public Module {
   /// int64 indices of any shape -> (..., embedding_dim).
   Tensor forward(const Tensor& indices) override;
   std::string name() const override { return "Embedding"; }
+  std::shared_ptr<Module> clone() const override;
 
   const Tensor& weight() const { return weight_; }
   int64_t padding_idx() const { return padding_idx_; }

@@ -11,6 +11,7 @@ class Flatten : public Module {
   /// (N, C, H, W) -> (N, C·H·W) with the defaults; shares storage with the input.
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Flatten"; }
+  std::shared_ptr<Module> clone() const override;
 
  private:
   int64_t start_dim_;

@@ -32,4 +32,8 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
 
 Tensor Linear::forward(const Tensor& input) { return linear(input, weight_, bias_); }
 
+std::shared_ptr<Module> Linear::clone() const {
+  return clone_via([this] { return std::make_shared<Linear>(in_features_, out_features_, bias_.defined()); });
+}
+
 }  // namespace tandem::nn

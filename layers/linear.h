@@ -14,6 +14,7 @@ class Linear : public Module {
   /// x of shape (..., in) -> (..., out).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Linear"; }
+  std::shared_ptr<Module> clone() const override;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }

@@ -3,8 +3,10 @@
 
 #include <map>
 #include <stdexcept>
+#include <typeinfo>
 
 #include "engine/autograd.h"
+#include "engine/random.h"
 
 namespace tandem::nn {
 namespace {
@@ -19,6 +21,78 @@ std::string join(const std::string& prefix, const std::string& name) {
 
 Tensor Module::forward(const Tensor&) {
   throw std::logic_error("[" + name() + "::forward] this module has no forward; call its children instead");
+}
+
+std::shared_ptr<Module> Module::clone() const {
+  throw std::invalid_argument("[Module::clone] expected a module that implements clone(), got " + name() +
+                              ", which does not; override clone() (see Linear::clone, built with clone_via) to "
+                              "use it with DataParallel");
+}
+
+std::shared_ptr<Module> Module::clone_via(const std::function<std::shared_ptr<Module>()>& make) const {
+  // Restores the generator even when the constructor throws, so a failed clone also
+  // leaves the caller's random streams where they were.
+  struct GeneratorStateGuard {
+    Generator& generator = default_generator(Device::cpu());
+    PhiloxState saved = generator.state();
+    ~GeneratorStateGuard() { generator.set_state(saved); }
+  };
+  std::shared_ptr<Module> copy;
+  {
+    GeneratorStateGuard guard;
+    copy = make();
+  }
+  if (!copy) throw std::logic_error("[" + name() + "::clone] the constructor passed to clone_via returned null");
+  const Module& made = *copy;
+  if (typeid(made) != typeid(*this)) {
+    throw std::invalid_argument("[Module::clone] expected a module that implements clone() for its own type, got " +
+                                name() + ", which inherits clone() from " + made.name() +
+                                "; override clone() in it to use it with DataParallel");
+  }
+  copy->copy_state_from(*this);
+  return copy;
+}
+
+void Module::copy_state_from(const Module& source) {
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument("[" + name() + "::clone] expected the copy to have the same structure as the "
+                                "original, but " + what + " (was the original changed after construction?)");
+  };
+  auto copy_list = [&](std::vector<std::pair<std::string, Tensor>>& mine,
+                       const std::vector<std::pair<std::string, Tensor>>& theirs, const char* kind) {
+    if (mine.size() != theirs.size()) {
+      fail(std::string("the copy has ") + std::to_string(mine.size()) + " " + kind + "s and the original " +
+           std::to_string(theirs.size()));
+    }
+    autograd::NoGradGuard no_grad;
+    for (size_t i = 0; i < mine.size(); ++i) {
+      Tensor& dst = mine[i].second;
+      const Tensor& src = theirs[i].second;
+      if (mine[i].first != theirs[i].first || dst.shape() != src.shape()) {
+        fail(std::string(kind) + " " + std::to_string(i) + " is \"" + mine[i].first + "\" " +
+             shape_str(dst.shape()) + " in the copy and \"" + theirs[i].first + "\" " + shape_str(src.shape()) +
+             " in the original");
+      }
+      Tensor data = Tensor::empty(src.shape(), {.dtype = src.dtype(), .device = src.device()});
+      data.copy_(src);
+      dst.set_data(data);  // in place: layers hold handles sharing this tensor
+      if (dst.is_leaf() && dst.requires_grad() != src.requires_grad()) dst.set_requires_grad(src.requires_grad());
+    }
+  };
+  copy_list(parameters_, source.parameters_, "parameter");
+  copy_list(buffers_, source.buffers_, "buffer");
+  if (children_.size() != source.children_.size()) {
+    fail("the copy has " + std::to_string(children_.size()) + " children and the original " +
+         std::to_string(source.children_.size()));
+  }
+  for (size_t i = 0; i < children_.size(); ++i) {
+    if (children_[i].first != source.children_[i].first) {
+      fail("child " + std::to_string(i) + " is \"" + children_[i].first + "\" in the copy and \"" +
+           source.children_[i].first + "\" in the original");
+    }
+    children_[i].second->copy_state_from(*source.children_[i].second);
+  }
+  training_ = source.training_;
 }
 
 void Module::check_new_name(const std::string& name, const char* what) const {

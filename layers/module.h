@@ -4,6 +4,7 @@
 // restores them as a state dict.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,6 +28,12 @@ class Module : public std::enable_shared_from_this<Module> {
   Tensor operator()(const Tensor& input) { return forward(input); }
   /// Type name shown in errors and printouts ("Linear", "Sequential", ...).
   virtual std::string name() const { return "Module"; }
+  /// A new module of the same type and configuration whose parameters and buffers are
+  /// copies (same values, dtype, device and requires_grad; independent storage) and
+  /// whose training flags match; gradients, hooks and sync hooks are not copied. Never
+  /// advances the default generators. Every built-in layer and model overrides it; the
+  /// base class throws std::invalid_argument naming the type (DataParallel needs it).
+  virtual std::shared_ptr<Module> clone() const;
 
   // ---- the tree -----------------------------------------------------------------------
   /// Parameters of this module and its descendants, depth first in registration order.
@@ -82,7 +89,20 @@ class Module : public std::enable_shared_from_this<Module> {
 
  protected:
   Module() = default;
-  
+
+  /// How clone() overrides are written: runs `make` (which builds a fresh module of
+  /// this type and configuration through its constructor) with the CPU default
+  /// generator's state saved and restored, so the constructor's random init does not
+  /// perturb the caller's streams, then copies this module's state into the result
+  /// (copy_state_from). Throws if `make` returned another type than this one's (a
+  /// subclass that did not override clone()).
+  std::shared_ptr<Module> clone_via(const std::function<std::shared_ptr<Module>()>& make) const;
+  /// Copies `source`'s parameters and buffers (values, dtype, device, requires_grad)
+  /// into this module's, replacing their storage, and its training flags, recursively.
+  /// Both trees must have the same names and shapes, as two constructions with the
+  /// same configuration do.
+  void copy_state_from(const Module& source);
+
  private:
   void check_new_name(const std::string& name, const char* what) const;
   template <class F>

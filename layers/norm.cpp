@@ -86,4 +86,16 @@ LayerNorm::LayerNorm(Shape normalized_shape, double eps, bool elementwise_affine
 
 Tensor LayerNorm::forward(const Tensor& input) { return layer_norm(input, normalized_shape_, weight_, bias_, eps_); }
 
+// The copies are built through the constructor, so a BatchNormSync hook set on the
+// original is not carried over: a replica normalises with its own batch statistics.
+std::shared_ptr<Module> BatchNorm1d::clone() const {
+  return clone_via([this] { return std::make_shared<BatchNorm1d>(num_features(), options()); });
+}
+std::shared_ptr<Module> BatchNorm2d::clone() const {
+  return clone_via([this] { return std::make_shared<BatchNorm2d>(num_features(), options()); });
+}
+std::shared_ptr<Module> LayerNorm::clone() const {
+  return clone_via([this] { return std::make_shared<LayerNorm>(normalized_shape_, eps_, weight_.defined()); });
+}
+
 }  // namespace tandem::nn

@@ -74,6 +74,7 @@ class BatchNorm1d : public BatchNormBase {
   explicit BatchNorm1d(int64_t num_features, const BatchNormOptions& options = {})
       : BatchNormBase(num_features, options) {}
   std::string name() const override { return "BatchNorm1d"; }
+  std::shared_ptr<Module> clone() const override;
 
  protected:
   void check_input(const Tensor& input) const override;
@@ -85,6 +86,7 @@ class BatchNorm2d : public BatchNormBase {
   explicit BatchNorm2d(int64_t num_features, const BatchNormOptions& options = {})
       : BatchNormBase(num_features, options) {}
   std::string name() const override { return "BatchNorm2d"; }
+  std::shared_ptr<Module> clone() const override;
 
  protected:
   void check_input(const Tensor& input) const override;
@@ -97,6 +99,7 @@ class LayerNorm : public Module {
   explicit LayerNorm(Shape normalized_shape, double eps = 1e-5, bool elementwise_affine = true);
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "LayerNorm"; }
+  std::shared_ptr<Module> clone() const override;
 
   const Shape& normalized_shape() const { return normalized_shape_; }
   double eps() const { return eps_; }

@@ -15,6 +15,7 @@ class MaxPool2d : public Module {
   /// (N, C, H, W) -> (N, C, OH, OW).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "MaxPool2d"; }
+  std::shared_ptr<Module> clone() const override;
 
  private:
   Int2 kernel_size_;
@@ -29,6 +30,7 @@ class AvgPool2d : public Module {
   /// (N, C, H, W) -> (N, C, OH, OW).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "AvgPool2d"; }
+  std::shared_ptr<Module> clone() const override;
 
  private:
   Int2 kernel_size_;
@@ -42,6 +44,7 @@ class AdaptiveAvgPool2d : public Module {
   /// (N, C, H, W) -> (N, C, oh, ow).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "AdaptiveAvgPool2d"; }
+  std::shared_ptr<Module> clone() const override;
 
  private:
   Int2 output_size_;

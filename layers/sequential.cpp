@@ -20,4 +20,13 @@ Tensor Sequential::forward(const Tensor& input) {
   return x;
 }
 
+std::shared_ptr<Module> Sequential::clone() const {
+  // Any modules can be held, so the copy is made of the children's own clones.
+  return clone_via([this] {
+    auto copy = std::make_shared<Sequential>();
+    for (const auto& m : modules_) copy->push_back(m->clone());
+    return copy;
+  });
+}
+
 }  // namespace tandem::nn

@@ -19,6 +19,7 @@ class Sequential : public Module {
   /// Runs every child in order.
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Sequential"; }
+  std::shared_ptr<Module> clone() const override;
 
   size_t size() const { return modules_.size(); }
   const std::shared_ptr<Module>& operator[](size_t i) const { return modules_.at(i); }

@@ -45,4 +45,8 @@ int64_t CNN::flatten_features() const {
   return 64 * side * side;
 }
 
+std::shared_ptr<Module> CNN::clone() const {
+  return clone_via([this] { return std::make_shared<CNN>(options_); });
+}
+
 }  // namespace tandem::nn::models

@@ -23,6 +23,7 @@ class CNN : public Sequential {
  public:
   explicit CNN(const CNNOptions& options = {});
   std::string name() const override { return "CNN"; }
+  std::shared_ptr<Module> clone() const override;
   const CNNOptions& options() const { return options_; }
   /// Input width of the first linear layer: 64 · (image_size / 4)².
   int64_t flatten_features() const;

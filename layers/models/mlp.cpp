@@ -25,4 +25,8 @@ MLP::MLP(const MLPOptions& options) : options_(options) {
   push_back(std::make_shared<Linear>(width, options.out));
 }
 
+std::shared_ptr<Module> MLP::clone() const {
+  return clone_via([this] { return std::make_shared<MLP>(options_); });
+}
+
 }  // namespace tandem::nn::models

@@ -21,6 +21,7 @@ class MLP : public Sequential {
  public:
   explicit MLP(const MLPOptions& options = {});
   std::string name() const override { return "MLP"; }
+  std::shared_ptr<Module> clone() const override;
   const MLPOptions& options() const { return options_; }
 
  private:

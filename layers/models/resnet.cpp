@@ -42,7 +42,17 @@ Tensor BasicBlock::forward(const Tensor& input) {
   return relu(add(out, downsample_ ? downsample_->forward(input) : input));
 }
 
+std::shared_ptr<Module> BasicBlock::clone() const {
+  return clone_via([this] {
+    return std::make_shared<BasicBlock>(conv1_->in_channels(), conv1_->out_channels(), conv1_->options().stride.h);
+  });
+}
+
 namespace models {
+
+std::shared_ptr<Module> ResNet18::clone() const {
+  return clone_via([this] { return std::make_shared<ResNet18>(options_); });
+}
 
 ResNet18::ResNet18(const ResNetOptions& options) : options_(options) {
   if (options.in_channels != 1 && options.in_channels != 3) {

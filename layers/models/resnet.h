@@ -24,6 +24,7 @@ class BasicBlock : public Module {
   /// x (N, in, H, W) -> (N, out, ceil(H/stride), ceil(W/stride)).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "BasicBlock"; }
+  std::shared_ptr<Module> clone() const override;
 
   /// Null when the shortcut is the identity.
   const std::shared_ptr<Sequential>& downsample() const { return downsample_; }
@@ -53,6 +54,7 @@ class ResNet18 : public Module {
   /// x (N, C, H, W) -> logits (N, num_classes); any H, W >= 1 (32x32 for CIFAR-10).
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "ResNet18"; }
+  std::shared_ptr<Module> clone() const override;
   const ResNetOptions& options() const { return options_; }
 
  private:
