@@ -1,15 +1,27 @@
 // tandem-train: trains a model (MLP, CNN, ResNet-18) on Fashion-MNIST, CIFAR-10 or
-// synthetic images with whatever device is present, and ends with one JSON line of
-// results. Every bad flag or missing file gets a one-line error and a non-zero exit status.
+// synthetic images on one device, several devices of one process (dp) or one process
+// per device (ddp, spawning its own workers or joining a launcher's job), and ends with
+// one JSON line of results from rank 0. Every bad flag or missing file gets a one-line
+// error and a non-zero exit status.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "comm/data_parallel.h"
+#include "comm/ddp.h"
+#include "comm/spawn.h"
+#include "comm/sync_batchnorm.h"
 #include "tandem.h"
 
 using namespace tandem;
@@ -38,6 +50,27 @@ struct Config {
   std::string synthetic_shape = "1,28,28";
   std::string metrics;
   int64_t log_every = 100;
+  // Multi-device training.
+  std::string strategy = "single";
+  std::optional<int> devices;  // default: see --devices
+  std::string backend = "auto";
+  bool sync_bn = false;
+  std::optional<double> bucket_cap_mb;  // DDPOptions' default
+  bool find_unused_parameters = false;
+  bool static_graph = false;
+  bool no_broadcast_buffers = false;
+  std::string scale_lr = "none";
+};
+
+// Set by a spawning tandem-train in its workers: "1" when its stderr is a terminal,
+// so rank 0 redraws one progress line in place as a single process would.
+constexpr const char* kTerminalVar = "TANDEM_TRAIN_STDERR_IS_TERMINAL";
+
+// An error that ends the run with `status`; thrown where fail() cannot be called
+// (training may run on several threads of one process).
+struct RunError : std::runtime_error {
+  RunError(const std::string& message, int status) : std::runtime_error(message), status(status) {}
+  int status;
 };
 
 // A validator that parses the value as a number and checks it with `ok`,
@@ -100,6 +133,19 @@ struct Datasets {
   std::shared_ptr<data::Dataset> train, test;
 };
 
+// The data set's directory; fails naming it when it does not exist.
+std::string data_dir(const Config& cfg) {
+  std::string dir = cfg.data;
+  if (dir.empty()) dir = cfg.dataset == "cifar10" ? data::kCifar10DefaultDir : data::kFashionMnistDefaultDir;
+  if (!std::filesystem::is_directory(dir)) {
+    fail("--data " + dir + ": no such directory (" +
+         (cfg.dataset == "cifar10" ? std::string("unpack CIFAR-10's binary version there")
+                                   : std::string("install Debian's dataset-fashion-mnist or pass --data DIR")) +
+         ")");
+  }
+  return dir;
+}
+
 Datasets make_datasets(const Config& cfg) {
   if (cfg.dataset == "synthetic") {
     Shape shape = parse_shape(cfg.synthetic_shape);
@@ -109,14 +155,7 @@ Datasets make_datasets(const Config& cfg) {
     auto test = std::make_shared<data::SyntheticImages>(std::max<int64_t>(cfg.synthetic_samples / 5, 1), shape, 10, cfg.seed);
     return {train, test};
   }
-  std::string dir = cfg.data;
-  if (dir.empty()) dir = cfg.dataset == "cifar10" ? data::kCifar10DefaultDir : data::kFashionMnistDefaultDir;
-  if (!std::filesystem::is_directory(dir)) {
-    fail("--data " + dir + ": no such directory (" +
-         (cfg.dataset == "cifar10" ? std::string("unpack CIFAR-10's binary version there")
-                                   : std::string("install Debian's dataset-fashion-mnist or pass --data DIR")) +
-         ")");
-  }
+  const std::string dir = data_dir(cfg);
   if (cfg.dataset == "cifar10")
     return {std::make_shared<data::CIFAR10>(dir, data::Split::kTrain), std::make_shared<data::CIFAR10>(dir, data::Split::kTest)};
   return {std::make_shared<data::FashionMNIST>(dir, data::Split::kTrain),
@@ -152,8 +191,9 @@ std::unique_ptr<optim::LRScheduler> make_schedule(const Config& cfg, optim::Opti
   const int64_t total = cfg.epochs * steps_per_epoch;
   const int64_t warmup = cfg.warmup_epochs > 0 ? cfg.warmup_epochs * steps_per_epoch : cfg.warmup_steps;
   if (warmup >= total && cfg.schedule != "constant")
-    fail("--warmup-epochs/--warmup-steps: the warm-up (" + std::to_string(warmup) + " steps) must be shorter than the run (" +
-         std::to_string(total) + " steps)");
+    throw RunError("--warmup-epochs/--warmup-steps: the warm-up (" + std::to_string(warmup) +
+                       " steps) must be shorter than the run (" + std::to_string(total) + " steps)",
+                   2);
   constexpr double kWarmupStart = 0.1;
   std::unique_ptr<optim::LRScheduler> after;
   if (cfg.schedule == "step") {
@@ -167,13 +207,36 @@ std::unique_ptr<optim::LRScheduler> make_schedule(const Config& cfg, optim::Opti
   return std::make_unique<optim::WarmupThen>(opt, kWarmupStart, warmup, std::move(after));
 }
 
-struct EvalResult {
-  double loss = 0;
-  double accuracy = 0;
+// How the run is laid out, decided from the flags (and the launcher's environment)
+// before any data is loaded.
+struct Plan {
+  std::string strategy = "single";
+  /// ddp: "nccl", "gloo" or "local"; "none" otherwise.
+  std::string backend = "none";
+  /// ddp: ranks (processes, or threads with the local backend); dp: replicas; single: 1.
+  int devices = 1;
+  /// dp: the replicas' devices.
+  std::vector<Device> dp_devices;
+  /// single: the device; dp: the first replica's; ddp: the kind (each rank picks its GPU).
+  Device device;
+  /// Samples per optimizer step over all ranks/replicas.
+  int64_t global_batch = 0;
+  /// --scale-lr linear: the lr is multiplied by this (the world size).
+  int64_t lr_scale = 1;
 };
 
-// Loss and accuracy over a whole split: sums and counts, never means of means.
-EvalResult evaluate(nn::Module& model, data::DataLoader& loader) {
+// Where one rank trains: its group (ddp only), its rank and its device.
+struct RankContext {
+  std::shared_ptr<comm::ProcessGroup> group;
+  int rank = 0;
+  int world_size = 1;
+  Device device;
+};
+
+// This rank's sums of loss and correct predictions over its share of a split; with a
+// DistributedSampler in evaluation mode the shares cover the split exactly once, so
+// the all-reduced sums are those of the whole split.
+comm::MetricSums evaluate(nn::Module& model, data::DataLoader& loader) {
   autograd::NoGradGuard no_grad;
   model.eval();
   Device device = loader.options().device;
@@ -187,7 +250,279 @@ EvalResult evaluate(nn::Module& model, data::DataLoader& loader) {
     count += batch.target.numel();
   }
   model.train();
-  return {loss_sum.item() / static_cast<double>(count), correct.item() / static_cast<double>(count)};
+  return {loss_sum.item(), static_cast<int64_t>(correct.item()), count};
+}
+
+// Trains `model` as one rank of `plan` (the only rank for single and dp). Only rank 0
+// prints progress and the final JSON line. Throws RunError or any library error.
+void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::shared_ptr<nn::Module> model,
+                const RankContext& ctx) {
+  const bool is_ddp = plan.strategy == "ddp";
+  const bool is_dp = plan.strategy == "dp";
+  const bool reporting = ctx.rank == 0;
+  const Device device = ctx.device;
+
+  // ddp: every rank visits its own shard of one permutation per epoch (padded so all
+  // ranks take the same number of steps); the test split is cut exactly, without padding.
+  std::shared_ptr<const data::Sampler> train_sampler, test_sampler;
+  if (is_ddp) {
+    train_sampler = std::make_shared<data::DistributedSampler>(
+        sets.train->size(), ctx.world_size, ctx.rank, data::DistributedSamplerOptions{.shuffle = true, .seed = cfg.seed});
+    test_sampler = std::make_shared<data::DistributedSampler>(
+        sets.test->size(), ctx.world_size, ctx.rank, data::DistributedSamplerOptions{.shuffle = false, .evaluation = true});
+  }
+  data::DataLoader train_loader(sets.train, {.batch_size = cfg.batch_size, .shuffle = true, .seed = cfg.seed, .device = device},
+                                train_sampler);
+  data::DataLoader test_loader(sets.test, {.batch_size = 1000, .shuffle = false, .device = device}, test_sampler);
+
+  model->to(device);
+  std::shared_ptr<nn::Module> net = model;  // what the training step calls
+  if (is_ddp) {
+    if (cfg.sync_bn) {
+      int converted = 0;
+      comm::convert_sync_batchnorm(model, ctx.group, &converted);
+      if (converted == 0 && reporting)
+        std::fprintf(stderr, "tandem-train: note: --sync-bn: --model %s has no batch norm\n", cfg.model.c_str());
+    }
+    comm::DDPOptions options{.find_unused_parameters = cfg.find_unused_parameters,
+                             .broadcast_buffers = !cfg.no_broadcast_buffers,
+                             .static_graph = cfg.static_graph};
+    if (cfg.bucket_cap_mb) options.bucket_cap_mb = *cfg.bucket_cap_mb;
+    net = std::make_shared<comm::DistributedDataParallel>(model, ctx.group, options);
+  } else if (is_dp) {
+    net = std::make_shared<comm::DataParallel>(model, plan.dp_devices);
+  }
+  // ddp evaluates the plain module: ranks' test shards may differ by a batch, and the
+  // wrapper's forward would take part in collectives (buffer broadcast).
+  nn::Module& eval_net = is_ddp ? *model : *net;
+
+  std::vector<Tensor> params = model->parameters();
+  Config scaled = cfg;
+  if (plan.lr_scale != 1) scaled.lr = optim::scaled_lr(cfg.lr.value_or(cfg.optimizer == "sgd" ? 0.05 : 1e-3), plan.lr_scale);
+  std::unique_ptr<optim::Optimizer> optimizer = make_optimizer(scaled, params);
+  std::unique_ptr<optim::LRScheduler> schedule = make_schedule(cfg, *optimizer, train_loader.num_batches());
+
+  std::optional<train::MetricsWriter> metrics;
+  if (reporting && !cfg.metrics.empty()) metrics.emplace(cfg.metrics);
+  // Spawned ranks write to a pipe; the parent says whether its stderr is a terminal.
+  std::optional<bool> terminal;
+  if (const char* t = std::getenv(kTerminalVar)) terminal = std::string(t) == "1";
+  train::Progress progress({.out = reporting ? stderr : nullptr, .log_every = cfg.log_every, .terminal = terminal});
+  // Reading the loss synchronises a GPU; read it every step on the CPU only.
+  const int64_t read_every = device.is_cuda() ? 20 : 1;
+
+  comm::MetricSums result;
+  double samples_per_s = 0, total_seconds = 0;
+  int64_t total_samples = 0;
+  // Samples per epoch over all ranks (ddp pads every rank's shard to the same size).
+  const int64_t epoch_samples = is_ddp ? train_sampler->size() * ctx.world_size : sets.train->size();
+  for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch) {
+    progress.start_epoch(epoch, cfg.epochs, train_loader.num_batches());
+    int64_t step = 0;
+    double last_loss = NAN;
+    for (data::Batch& batch : train_loader) {
+      Tensor loss = cross_entropy((*net)(batch.input), batch.target);
+      optimizer->zero_grad();
+      loss.backward();
+      if (cfg.clip_grad_norm > 0) optim::clip_grad_norm(params, cfg.clip_grad_norm);
+      optimizer->step();
+      if (schedule) schedule->step();
+      ++step;
+      if (step % read_every == 0 || step == train_loader.num_batches()) {
+        last_loss = loss.item();
+        if (!std::isfinite(last_loss))
+          throw RunError("loss became " + std::to_string(last_loss) + " at epoch " + std::to_string(epoch + 1) +
+                             " step " + std::to_string(step) + "; try a lower --lr or --clip-grad-norm",
+                         3);
+      }
+      progress.update(step, last_loss, batch.target.numel() * (is_ddp ? ctx.world_size : 1));
+    }
+    if (device.is_cuda()) cuda::synchronize(device.index);
+    double seconds = progress.epoch_seconds();
+    samples_per_s = progress.samples_per_second();
+    total_seconds += seconds;
+    total_samples += epoch_samples;
+    result = evaluate(eval_net, test_loader);
+    if (is_ddp) result = comm::all_reduce_metrics(*ctx.group, result, device);
+    if (!reporting) continue;
+    char summary[220];
+    std::snprintf(summary, sizeof(summary),
+                  "epoch %lld/%lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  lr %.3g  %.0f samples/s  %s",
+                  static_cast<long long>(epoch + 1), static_cast<long long>(cfg.epochs), last_loss, result.mean_loss(),
+                  result.accuracy(), optimizer->lr(), samples_per_s, train::format_duration(seconds).c_str());
+    progress.end_epoch(summary);
+    if (metrics) {
+      metrics->write({{"epoch", epoch + 1},
+                      {"train_loss", last_loss},
+                      {"test_loss", result.mean_loss()},
+                      {"test_acc", result.accuracy()},
+                      {"lr", optimizer->lr()},
+                      {"samples_per_s", samples_per_s},
+                      {"epoch_seconds", seconds}});
+    }
+  }
+  if (!reporting) return;
+  std::printf("%s\n", train::to_json({{"model", cfg.model},
+                                      {"dataset", cfg.dataset},
+                                      {"epochs", cfg.epochs},
+                                      {"strategy", plan.strategy},
+                                      {"world_size", static_cast<int64_t>(ctx.world_size)},
+                                      {"backend", plan.backend},
+                                      {"devices", static_cast<int64_t>(plan.devices)},
+                                      {"device", device.str()},
+                                      {"batch_size", cfg.batch_size},
+                                      {"global_batch_size", plan.global_batch},
+                                      {"optimizer", cfg.optimizer},
+                                      {"lr", optimizer->lr()},
+                                      {"schedule", cfg.schedule},
+                                      {"test_acc", result.accuracy()},
+                                      {"test_loss", result.mean_loss()},
+                                      {"test_samples", result.count},
+                                      {"train_samples_per_s", total_seconds > 0 ? total_samples / total_seconds : 0.0}})
+                          .c_str());
+  std::fflush(stdout);
+}
+
+// The device kind for dp and ddp: "auto", "cpu" or "cuda" (ranks and replicas pick
+// their own index).
+Device resolve_device_kind(const Config& cfg) {
+  if (cfg.device.rfind("cuda:", 0) == 0)
+    fail("--device " + cfg.device + ": with --strategy " + cfg.strategy +
+         " every rank or replica picks its own GPU; expected auto, cpu or cuda");
+  return resolve_device(cfg.device);
+}
+
+// Checks the flags that only some strategies take, and lays the run out.
+Plan make_plan(const Config& cfg, const CLI::App& app) {
+  Plan plan;
+  plan.strategy = cfg.strategy;
+  const bool is_ddp = cfg.strategy == "ddp";
+  const char* ddp_only[] = {"--backend", "--sync-bn", "--bucket-cap-mb", "--find-unused-parameters",
+                            "--static-graph", "--no-broadcast-buffers", "--scale-lr"};
+  if (!is_ddp) {
+    for (const char* flag : ddp_only)
+      if (app.count(flag) > 0) {
+        std::string why;
+        if (cfg.strategy == "dp" && std::string(flag) == "--backend")
+          why = " (dp runs its replicas as threads of one process and needs no backend)";
+        if (cfg.strategy == "dp" && std::string(flag) == "--scale-lr")
+          why = " (with dp, --batch-size is already the global batch)";
+        fail(std::string(flag) + " applies to --strategy ddp only, got --strategy " + cfg.strategy + why);
+      }
+  }
+  if (cfg.strategy == "single") {
+    if (cfg.devices) fail("--devices applies to --strategy dp or ddp, got --strategy single");
+    plan.device = resolve_device(cfg.device);
+    plan.global_batch = cfg.batch_size;
+    return plan;
+  }
+  plan.device = resolve_device_kind(cfg);
+  if (cfg.strategy == "dp") {
+    if (!cfg.devices && !plan.device.is_cuda())
+      fail("--strategy dp on the CPU needs --devices N (N replicas on the CPU, for tests)");
+    plan.devices = cfg.devices.value_or(cuda::device_count());
+    // More replicas than GPUs list GPUs again (one GPU listed twice is DataParallel's
+    // test on a one-GPU machine).
+    for (int i = 0; i < plan.devices; ++i)
+      plan.dp_devices.push_back(plan.device.is_cuda() ? Device::cuda(i % cuda::device_count()) : Device::cpu());
+    plan.device = plan.dp_devices[0];
+    plan.global_batch = cfg.batch_size;
+    return plan;
+  }
+  // ddp
+  comm::LaunchEnv env;
+  try {
+    env = comm::launch_env();
+  } catch (const std::invalid_argument& e) {
+    fail(e.what());
+  }
+  if (env.launcher != "none") {
+    if (cfg.devices && *cfg.devices != env.world_size)
+      fail("--devices " + std::to_string(*cfg.devices) + " does not match the launcher's world size " +
+           std::to_string(env.world_size) + " (" + env.launcher + "); omit --devices under a launcher");
+    if (cfg.backend == "local" && env.world_size > 1)
+      fail("--backend local runs ranks as threads of one process; it cannot join a launcher's job of " +
+           std::to_string(env.world_size) + " processes (use gloo or nccl)");
+    plan.devices = env.world_size;
+  } else {
+    plan.devices = cfg.devices.value_or(plan.device.is_cuda() ? cuda::device_count() : 1);
+  }
+  plan.backend = cfg.backend;
+  if (plan.backend == "auto") plan.backend = plan.device.is_cuda() ? "nccl" : "gloo";
+  if (plan.backend != "local") {
+    try {
+      comm::resolve_backend(plan.backend, plan.devices);
+    } catch (const std::invalid_argument& e) {
+      fail(std::string("--backend ") + plan.backend + ": " + e.what());
+    }
+  }
+  if (plan.backend == "nccl" && !plan.device.is_cuda())
+    fail("--backend nccl reduces CUDA tensors; expected --device cuda or auto, got --device " + cfg.device);
+  if (plan.backend == "gloo" && plan.device.is_cuda())
+    fail("--backend gloo reduces CPU tensors; expected --device cpu with gloo, got --device " + cfg.device +
+         " (use --backend nccl or local for GPUs)");
+  plan.global_batch = cfg.batch_size * plan.devices;
+  if (cfg.scale_lr == "linear") plan.lr_scale = plan.devices;
+  return plan;
+}
+
+// The device of rank `rank` (its LOCAL_RANK for processes): one GPU each, round robin.
+Device rank_device(const Plan& plan, int local_rank) {
+  return plan.device.is_cuda() ? Device::cuda(local_rank % cuda::device_count()) : Device::cpu();
+}
+
+// ddp without a launcher: this program again, once per rank, with the torchrun-style
+// environment; rank 0's output is passed on as is, other ranks' only when it is an error.
+int spawn_ranks(const Plan& plan, int argc, char** argv) {
+  comm::SpawnOptions options;
+  options.nproc = plan.devices;
+  options.name = "tandem-train";
+  options.output = comm::WorkerOutput::kRankZeroOnly;
+  options.grace_s = 5;
+  // A MASTER_PORT of our own environment is honoured, else the kernel picks a free one.
+  const char* port = std::getenv("MASTER_PORT");
+  options.master_port = port != nullptr ? std::atoi(port) : 0;
+  if (const char* addr = std::getenv("MASTER_ADDR")) options.master_addr = addr;
+  options.command.push_back(std::filesystem::read_symlink("/proc/self/exe").string());
+  for (int i = 1; i < argc; ++i) options.command.emplace_back(argv[i]);
+  // Each CPU rank runs its own OpenMP team; without a limit N teams of all cores each
+  // would oversubscribe the machine (torchrun sets OMP_NUM_THREADS=1 for the same reason).
+  if (std::getenv("OMP_NUM_THREADS") == nullptr && !plan.device.is_cuda()) {
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    options.env.emplace_back("OMP_NUM_THREADS", std::to_string(std::max(1u, cores / static_cast<unsigned>(plan.devices))));
+  }
+  options.env.emplace_back(kTerminalVar, isatty(STDERR_FILENO) ? "1" : "0");
+  return comm::run_workers(options);
+}
+
+// ddp with the local backend: one thread per rank, each with its own model (made here,
+// one after another, since the global generator is shared) and its own group member.
+void run_local_ranks(const Config& cfg, const Plan& plan, const Datasets& sets) {
+  std::vector<std::shared_ptr<nn::Module>> models;
+  for (int r = 0; r < plan.devices; ++r) {
+    manual_seed(cfg.seed);
+    models.push_back(make_model(cfg, sets.train->input_shape()));
+  }
+  auto groups = comm::make_local_group(plan.devices);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < plan.devices; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        train_rank(cfg, plan, sets, models[r], {groups[r], r, plan.devices, rank_device(plan, r)});
+      } catch (const std::exception& e) {
+        // The other ranks would wait in their next collective until it times out: the
+        // first error ends the process.
+        const int status = dynamic_cast<const RunError*>(&e) ? static_cast<const RunError&>(e).status : 1;
+        // Prefixed as the output of spawned ranks is.
+        const std::string prefix = r > 0 ? "[rank " + std::to_string(r) + "] " : "";
+        std::fflush(stdout);
+        std::fprintf(stderr, "%standem-train: error: %s\n", prefix.c_str(), e.what());
+        std::fflush(stderr);
+        _exit(status);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
 }
 
 }  // namespace
@@ -202,7 +537,11 @@ int main(int argc, char** argv) {
   app.add_option("--data", cfg.data, "Directory of the data set's files (default: /usr/share/datasets/fashion-mnist "
                                      "for fashion-mnist, ./cifar-10-batches-bin for cifar10)");
   app.add_option("--epochs", cfg.epochs, "Epochs")->check(kPositive)->capture_default_str();
-  app.add_option("--batch-size", cfg.batch_size, "Samples per batch")->check(kPositive)->capture_default_str();
+  app.add_option("--batch-size", cfg.batch_size,
+                 "Samples per batch: per rank with --strategy ddp (as PyTorch DDP: the global batch is "
+                 "devices x batch size), the global batch with single and dp")
+      ->check(kPositive)
+      ->capture_default_str();
   app.add_option("--optimizer", cfg.optimizer, "Optimizer")->check(CLI::IsMember({"sgd", "adam", "adamw"}))->capture_default_str();
   app.add_option("--lr", cfg.lr, "Learning rate (default 0.05 for sgd, 1e-3 for adam and adamw)")->check(kPositive);
   app.add_option("--momentum", cfg.momentum, "SGD momentum")->check(kUnitInterval)->capture_default_str();
@@ -221,16 +560,54 @@ int main(int argc, char** argv) {
       ->excludes(warmup_epochs);
   app.add_option("--clip-grad-norm", cfg.clip_grad_norm, "Clip the global L2 norm of the gradients to this value")
       ->check(kPositive);
-  app.add_option("--device", cfg.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--device", cfg.device,
+                 "auto, cpu, cuda or cuda:N (dp and ddp: auto, cpu or cuda; each rank or replica picks its GPU)")
+      ->capture_default_str();
   app.add_option("--seed", cfg.seed, "Seed for initialisation and shuffling")->capture_default_str();
   app.add_option("--synthetic-samples", cfg.synthetic_samples, "Training samples of --dataset synthetic")
       ->check(kPositive)
       ->capture_default_str();
   app.add_option("--synthetic-shape", cfg.synthetic_shape, "Image shape C,H,W of --dataset synthetic")->capture_default_str();
-  app.add_option("--metrics", cfg.metrics, "Write per-epoch metrics to this JSON Lines file");
+  app.add_option("--metrics", cfg.metrics, "Write per-epoch metrics to this JSON Lines file (rank 0)");
   app.add_option("--log-every", cfg.log_every, "Steps between log lines when not on a terminal")
       ->check(kPositive)
       ->capture_default_str();
+  const std::string multi = "Multi-device training";
+  app.add_option("--strategy", cfg.strategy,
+                 "single: one device; dp: DataParallel, one process driving --devices replicas; ddp: "
+                 "DistributedDataParallel, one process per device")
+      ->check(CLI::IsMember({"single", "dp", "ddp"}))
+      ->capture_default_str()
+      ->group(multi);
+  app.add_option("--devices", cfg.devices,
+                 "ddp: ranks to start when no launcher (tandemrun, torchrun, srun, mpirun) started this "
+                 "process, spawning this program once per rank (under a launcher: omit, or its world size); "
+                 "dp: replicas, the CUDA devices in turn, or N copies of the CPU when there is no GPU (useful "
+                 "for tests only). Default: the number of GPUs; without one, ddp runs 1 rank and dp needs --devices")
+      ->check(number_check("an integer >= 1", [](double v) { return v >= 1; }))
+      ->group(multi);
+  app.add_option("--backend", cfg.backend,
+                 "ddp: auto (nccl for GPUs, gloo for the CPU), nccl, gloo, or local (ranks as threads of "
+                 "this process)")
+      ->check(CLI::IsMember({"auto", "nccl", "gloo", "local"}))
+      ->capture_default_str()
+      ->group(multi);
+  app.add_flag("--sync-bn", cfg.sync_bn, "ddp: batch-norm statistics over the batches of all ranks")->group(multi);
+  app.add_option("--bucket-cap-mb", cfg.bucket_cap_mb, "ddp: gradient bucket size in MiB (default 25)")
+      ->check(kPositive)
+      ->group(multi);
+  app.add_flag("--find-unused-parameters", cfg.find_unused_parameters,
+               "ddp: find the parameters each forward leaves unused")
+      ->group(multi);
+  app.add_flag("--static-graph", cfg.static_graph, "ddp: the same parameters are used in the same order every step")
+      ->group(multi);
+  app.add_flag("--no-broadcast-buffers", cfg.no_broadcast_buffers,
+               "ddp: keep each rank's buffers (batch-norm running statistics) instead of rank 0's")
+      ->group(multi);
+  app.add_option("--scale-lr", cfg.scale_lr, "ddp: linear multiplies the lr by the world size (Goyal et al.)")
+      ->check(CLI::IsMember({"none", "linear"}))
+      ->capture_default_str()
+      ->group(multi);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -242,89 +619,43 @@ int main(int argc, char** argv) {
   }
   if (cfg.optimizer != "sgd" && app.count("--momentum") > 0) fail("--momentum applies to --optimizer sgd only");
 
-  Device device;
+  Plan plan;
   try {
-    device = resolve_device(cfg.device);
+    plan = make_plan(cfg, app);
   } catch (const std::invalid_argument& e) {
     fail(std::string("--device: ") + e.what());
   }
+  // What can be checked before workers start is checked once, here.
+  if (cfg.dataset == "synthetic") {
+    parse_shape(cfg.synthetic_shape);
+  } else {
+    data_dir(cfg);
+  }
 
   try {
+    const bool ddp = plan.strategy == "ddp";
+    if (ddp && plan.backend != "local" && plan.devices > 1 && comm::launch_env().launcher == "none")
+      return spawn_ranks(plan, argc, argv);
+
     manual_seed(cfg.seed);
     Datasets sets = make_datasets(cfg);
-    data::DataLoader train_loader(sets.train, {.batch_size = cfg.batch_size, .shuffle = true, .seed = cfg.seed,
-                                               .device = device});
-    data::DataLoader test_loader(sets.test, {.batch_size = 1000, .shuffle = false, .device = device});
-
-    std::shared_ptr<nn::Module> model = make_model(cfg, sets.train->input_shape());
-    model->to(device);
-    std::vector<Tensor> params = model->parameters();
-    std::unique_ptr<optim::Optimizer> optimizer = make_optimizer(cfg, params);
-    std::unique_ptr<optim::LRScheduler> schedule = make_schedule(cfg, *optimizer, train_loader.num_batches());
-
-    std::optional<train::MetricsWriter> metrics;
-    if (!cfg.metrics.empty()) metrics.emplace(cfg.metrics);
-    train::Progress progress({.out = stderr, .log_every = cfg.log_every, .terminal = std::nullopt});
-    // Reading the loss synchronises a GPU; read it every step on the CPU only.
-    const int64_t read_every = device.is_cuda() ? 20 : 1;
-
-    EvalResult result;
-    double samples_per_s = 0, total_seconds = 0;
-    int64_t total_samples = 0;
-    for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch) {
-      progress.start_epoch(epoch, cfg.epochs, train_loader.num_batches());
-      int64_t step = 0;
-      double last_loss = NAN;
-      for (data::Batch& batch : train_loader) {
-        Tensor loss = cross_entropy((*model)(batch.input), batch.target);
-        optimizer->zero_grad();
-        loss.backward();
-        if (cfg.clip_grad_norm > 0) optim::clip_grad_norm(params, cfg.clip_grad_norm);
-        optimizer->step();
-        if (schedule) schedule->step();
-        ++step;
-        if (step % read_every == 0 || step == train_loader.num_batches()) {
-          last_loss = loss.item();
-          if (!std::isfinite(last_loss))
-            fail("loss became " + std::to_string(last_loss) + " at epoch " + std::to_string(epoch + 1) + " step " +
-                     std::to_string(step) + "; try a lower --lr or --clip-grad-norm",
-                 3);
-        }
-        progress.update(step, last_loss, batch.target.numel());
-      }
-      if (device.is_cuda()) cuda::synchronize(device.index);
-      double seconds = progress.epoch_seconds();
-      samples_per_s = progress.samples_per_second();
-      total_seconds += seconds;
-      total_samples += sets.train->size();
-      result = evaluate(*model, test_loader);
-      char summary[220];
-      std::snprintf(summary, sizeof(summary),
-                    "epoch %lld/%lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  lr %.3g  %.0f samples/s  %s",
-                    static_cast<long long>(epoch + 1), static_cast<long long>(cfg.epochs), last_loss, result.loss,
-                    result.accuracy, optimizer->lr(), samples_per_s, train::format_duration(seconds).c_str());
-      progress.end_epoch(summary);
-      if (metrics) {
-        metrics->write({{"epoch", epoch + 1},
-                        {"train_loss", last_loss},
-                        {"test_loss", result.loss},
-                        {"test_acc", result.accuracy},
-                        {"lr", optimizer->lr()},
-                        {"samples_per_s", samples_per_s},
-                        {"epoch_seconds", seconds}});
-      }
+    if (ddp && plan.backend == "local") {
+      run_local_ranks(cfg, plan, sets);
+      return 0;
     }
-    std::printf("%s\n", train::to_json({{"model", cfg.model},
-                                        {"dataset", cfg.dataset},
-                                        {"epochs", cfg.epochs},
-                                        {"device", device.str()},
-                                        {"batch_size", cfg.batch_size},
-                                        {"optimizer", cfg.optimizer},
-                                        {"schedule", cfg.schedule},
-                                        {"test_acc", result.accuracy},
-                                        {"test_loss", result.loss},
-                                        {"train_samples_per_s", total_seconds > 0 ? total_samples / total_seconds : 0.0}})
-                            .c_str());
+    std::shared_ptr<nn::Module> model = make_model(cfg, sets.train->input_shape());
+    RankContext ctx;
+    ctx.device = plan.device;
+    if (ddp) {
+      // A launcher's rank, or world size 1 (an in-process store, no port taken).
+      ctx.group = comm::init({.backend = plan.backend});
+      ctx.rank = ctx.group->rank();
+      ctx.world_size = ctx.group->size();
+      ctx.device = rank_device(plan, comm::launch_env().local_rank);
+    }
+    train_rank(cfg, plan, sets, model, ctx);
+  } catch (const RunError& e) {
+    fail(e.what(), e.status);
   } catch (const std::exception& e) {
     fail(e.what(), 1);
   }
