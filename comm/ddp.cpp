@@ -235,7 +235,7 @@ class DistributedDataParallel::Reducer {
         used.copy_(Tensor::from_vector(local, {static_cast<int64_t>(local.size())}));
       }
       global_used_ = used;
-      used_work_ = group_.all_reduce(used, ReduceOp::kSum);
+      if (group_.size() > 1) used_work_ = group_.all_reduce(used, ReduceOp::kSum);
       if (options_.static_graph) static_unused_ = unused_;
     } else if (options_.static_graph) {
       unused_ = static_unused_;
@@ -330,7 +330,8 @@ class DistributedDataParallel::Reducer {
     while (next_launch_ < static_cast<int64_t>(buckets_.size()) &&
            buckets_[static_cast<size_t>(next_launch_)].pending == 0) {
       Bucket& b = buckets_[static_cast<size_t>(next_launch_)];
-      b.work = group_.all_reduce(b.buffer, ReduceOp::kAvg);
+      // Averaging over one rank changes nothing: skip the collective, keep the rest.
+      if (group_.size() > 1) b.work = group_.all_reduce(b.buffer, ReduceOp::kAvg);
       b.launched_in_backward = !finalizing_;
       if (b.launched_in_backward) ++launched_during_backward_;
       ++next_launch_;
@@ -377,10 +378,11 @@ class DistributedDataParallel::Reducer {
     }
 
     const auto wait_start = Clock::now();
-    for (Bucket& b : buckets_) b.work->wait();
+    for (Bucket& b : buckets_)
+      if (b.work) b.work->wait();
     std::vector<float> global_used;
-    if (used_work_) {
-      used_work_->wait();
+    if (global_used_.defined()) {
+      if (used_work_) used_work_->wait();
       global_used = global_used_.to_vector<float>();
       if (options_.static_graph) static_global_used_ = global_used;
     } else if (options_.static_graph) {
