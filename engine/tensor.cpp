@@ -54,6 +54,21 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
     std::memmove(dst, src, nbytes);
     return;
   }
+  if (dst_dev.is_cuda() && src_dev.is_cuda() && dst_dev.index != src_dev.index) {
+    // Between two GPUs: copy on the source's stream once both devices' current streams
+    // have reached this point, and let both continue only after the copy. Neither
+    // buffer can then be read early or reused by its allocator while in flight.
+    cuda::Stream src_stream = cuda::current_stream(src_dev.index);
+    cuda::Stream dst_stream = cuda::current_stream(dst_dev.index);
+    cuda::Event dst_ready;
+    dst_ready.record(dst_stream);
+    dst_ready.wait(src_stream);
+    cuda::memcpy_async(dst, src, nbytes, src_stream);
+    cuda::Event copied;
+    copied.record(src_stream);
+    copied.wait(dst_stream);
+    return;
+  }
   int index = dst_dev.is_cuda() ? dst_dev.index : src_dev.index;
   cuda::Stream stream = cuda::current_stream(index);
   cuda::memcpy_async(dst, src, nbytes, stream);
