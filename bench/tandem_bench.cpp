@@ -1,0 +1,873 @@
+// tandem-bench: training throughput of the data-parallel strategies (issue 5, item 6).
+//   overhead    plain model against DDP at world size 1 (local and gloo), interleaved
+//   strategies  one process (global batch G), DataParallel over N devices (G) and DDP
+//               over N worker processes (G/N each), on the same model
+//   scaling     DDP over 1, 2, 4... ranks: samples/s, speed-up, efficiency and the
+//               per-iteration split, with bucketed overlap and with one bucket (none)
+// Data are random tensors made before timing, so no loading is measured. The worker
+// processes are this program again, started through comm::run_workers with the hidden
+// `worker` subcommand; rank 0 writes its figures to a file the parent reads.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "comm/data_parallel.h"
+#include "comm/ddp.h"
+#include "comm/launch.h"
+#include "comm/local.h"
+#include "comm/process_group.h"
+#include "comm/spawn.h"
+#include "engine/cuda/runtime.h"
+#include "engine/ops/factory.h"
+#include "engine/ops/nn.h"
+#include "engine/random.h"
+#include "engine/tensor.h"
+#include "layers/models/cnn.h"
+#include "layers/models/mlp.h"
+#include "layers/models/resnet.h"
+#include "optim/sgd.h"
+
+namespace tandem::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+constexpr const char* kProgram = "tandem-bench";
+/// Caps that no model here reaches: DDP then makes one bucket, whose all-reduce can
+/// only start when the last gradient has arrived (no overlap with backward).
+constexpr double kOneBucketMb = 1.0e6;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+/// Waits for queued device work, so a host interval covers it.
+void synchronize(Device device) {
+  if (device.is_cuda()) cuda::synchronize(device.index);
+}
+
+unsigned cores() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+int omp_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Limits this thread's OpenMP team (local-backend ranks are threads of one process).
+void set_omp_threads(int n) {
+#ifdef _OPENMP
+  if (n > 0) omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
+std::string today() {
+  const std::time_t now = std::time(nullptr);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M", std::localtime(&now));
+  return text;
+}
+
+// ---- models and data ----------------------------------------------------------------
+
+/// Input of one sample: Fashion-MNIST shape for mlp and cnn, CIFAR-10 for resnet18.
+Shape sample_shape(const std::string& model) {
+  return model == "resnet18" ? Shape{3, 32, 32} : Shape{1, 28, 28};
+}
+
+/// A fresh model; the same seed gives the same initial parameters.
+std::shared_ptr<nn::Module> make_model(const std::string& name, uint64_t seed, Device device) {
+  manual_seed(seed);
+  std::shared_ptr<nn::Module> model;
+  if (name == "mlp") {
+    model = std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {256}, .out = 10});
+  } else if (name == "cnn") {
+    model = std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28});
+  } else if (name == "resnet18") {
+    model = std::make_shared<nn::models::ResNet18>(nn::models::ResNetOptions{.in_channels = 3, .num_classes = 10});
+  } else {
+    throw std::invalid_argument(std::string("[") + kProgram + "] expected model mlp, cnn or resnet18, got " + name);
+  }
+  model->to(device);
+  return model;
+}
+
+/// A few random batches, cycled through by the timed loop (made before timing).
+struct Batches {
+  std::vector<Tensor> inputs;
+  std::vector<Tensor> targets;
+  const Tensor& input(int64_t step) const { return inputs[static_cast<size_t>(step) % inputs.size()]; }
+  const Tensor& target(int64_t step) const { return targets[static_cast<size_t>(step) % targets.size()]; }
+};
+
+Batches make_batches(const std::string& model, int64_t batch, uint64_t seed, Device device, int count = 4) {
+  Batches b;
+  Generator gen(seed);
+  std::mt19937_64 labels(seed);
+  Shape shape = {batch};
+  for (int64_t d : sample_shape(model)) shape.push_back(d);
+  for (int i = 0; i < count; ++i) {
+    b.inputs.push_back(randn(shape, {}, &gen).to(device));
+    std::vector<int64_t> y(static_cast<size_t>(batch));
+    for (int64_t& v : y) v = static_cast<int64_t>(labels() % 10);
+    b.targets.push_back(Tensor::from_vector(y, {batch}, device));
+  }
+  return b;
+}
+
+std::unique_ptr<optim::SGD> make_optimizer(const nn::Module& model) {
+  return std::make_unique<optim::SGD>(model.parameters(),
+                                      optim::SGDOptions{.lr = 0.01, .momentum = 0.9, .weight_decay = 5e-4});
+}
+
+// ---- the timed loop -----------------------------------------------------------------
+
+/// Per-iteration host times (seconds) of the timed steps.
+struct StepTimes {
+  std::vector<double> step, forward, backward, exposed, optimizer, reduce_window;
+  int buckets = 0;
+  int buckets_in_backward = 0;
+  double wall_s = 0;  // from the first timed step to the last, over all ranks
+  int64_t steps = 0;
+
+  void append(const StepTimes& o) {
+    for (auto [a, b] : {std::pair{&step, &o.step}, {&forward, &o.forward}, {&backward, &o.backward},
+                        {&exposed, &o.exposed}, {&optimizer, &o.optimizer}, {&reduce_window, &o.reduce_window}})
+      a->insert(a->end(), b->begin(), b->end());
+    buckets = o.buckets;
+    buckets_in_backward = o.buckets_in_backward;
+    wall_s += o.wall_s;
+    steps += o.steps;
+  }
+};
+
+/// Runs `warmup` untimed then `steps` timed SGD steps of `model` (plain, DP or DDP).
+/// With a group, every rank starts the timed steps together and the wall time ends
+/// when the slowest rank is done. Phases end with a device synchronisation on CUDA.
+StepTimes train_steps(nn::Module& model, optim::SGD& optimizer, const Batches& data, int64_t steps, int64_t warmup,
+                      Device device, const comm::DistributedDataParallel* ddp, comm::ProcessGroup* group,
+                      int64_t first_step = 0) {
+  StepTimes t;
+  auto barrier = [&] {
+    synchronize(device);
+    if (group != nullptr && group->size() > 1) group->barrier()->wait();
+  };
+  Clock::time_point start;
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    if (i == warmup) {
+      barrier();
+      start = Clock::now();
+    }
+    const int64_t k = first_step + i;
+    const auto t0 = Clock::now();
+    optimizer.zero_grad();
+    Tensor loss = cross_entropy(model(data.input(k)), data.target(k));
+    synchronize(device);
+    const auto t1 = Clock::now();
+    loss.backward();
+    synchronize(device);
+    const auto t2 = Clock::now();
+    optimizer.step();
+    synchronize(device);
+    const auto t3 = Clock::now();
+    if (i < warmup) continue;
+    auto s = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+    t.step.push_back(s(t0, t3));
+    t.forward.push_back(s(t0, t1));
+    t.backward.push_back(s(t1, t2));
+    t.optimizer.push_back(s(t2, t3));
+    if (ddp != nullptr) {
+      const comm::DDPIterationStats st = ddp->last_iteration_stats();
+      t.exposed.push_back(st.exposed_comm_s);
+      t.reduce_window.push_back(st.backward_reduce_window_s);
+      t.buckets = st.buckets;
+      t.buckets_in_backward = st.buckets_launched_during_backward;
+    } else {
+      t.exposed.push_back(0.0);
+      t.reduce_window.push_back(0.0);
+    }
+  }
+  barrier();
+  t.wall_s = seconds_since(start);
+  t.steps = steps;
+  return t;
+}
+
+/// The medians of one rank, averaged over the ranks of `group` (exposed communication
+/// also as the maximum over ranks: the rank that finished backward first waits longest).
+json summarize(const StepTimes& t, int64_t global_batch, comm::ProcessGroup* group, Device device) {
+  std::vector<double> v = {median(t.step),          median(t.forward),  median(t.backward),
+                           median(t.exposed),       median(t.optimizer), median(t.reduce_window),
+                           median(t.exposed)};
+  if (group != nullptr && group->size() > 1) {
+    // Two reductions on a small f64 vector: the average of the first six, the max of the last.
+    Tensor avg = Tensor::from_vector(std::vector<double>(v.begin(), v.end() - 1), {6}, device);
+    Tensor mx = Tensor::from_vector(std::vector<double>{v.back()}, {1}, device);
+    group->all_reduce({avg}, comm::ReduceOp::kAvg)->wait();
+    group->all_reduce({mx}, comm::ReduceOp::kMax)->wait();
+    synchronize(device);
+    std::vector<double> a = avg.cpu().to_vector<double>();
+    a.push_back(mx.cpu().to_vector<double>()[0]);
+    v = a;
+  }
+  const double ms = 1e3;
+  return {
+      {"samples_per_s", static_cast<double>(global_batch * t.steps) / t.wall_s},
+      // From the median step, which a few descheduled steps on a busy machine do not move.
+      {"samples_per_s_median_step", v[0] > 0 ? static_cast<double>(global_batch) / v[0] : 0.0},
+      {"wall_s", t.wall_s},
+      {"steps", t.steps},
+      {"step_ms", v[0] * ms},
+      {"forward_ms", v[1] * ms},
+      {"backward_ms", v[2] * ms},
+      {"backward_compute_ms", (v[2] - v[3]) * ms},
+      {"exposed_comm_ms", v[3] * ms},
+      {"exposed_comm_max_ms", v[6] * ms},
+      {"optimizer_ms", v[4] * ms},
+      {"reduce_window_ms", v[5] * ms},
+      {"buckets", t.buckets},
+      {"buckets_launched_during_backward", t.buckets_in_backward},
+  };
+}
+
+// ---- worker (one rank or one single/DP process) ---------------------------------------
+
+struct WorkerConfig {
+  std::string role = "ddp";  // single, dp, ddp
+  std::string model = "cnn";
+  std::string device = "cpu";
+  std::string backend = "gloo";
+  int64_t batch = 32;        // per process (single, dp: the global batch; ddp: per rank)
+  int dp_devices = 2;
+  int64_t steps = 20;
+  int64_t warmup = 3;
+  double bucket_cap_mb = comm::DDPOptions{}.bucket_cap_mb;
+  double first_bucket_cap_mb = comm::DDPOptions{}.first_bucket_cap_mb;
+  std::vector<std::string> variants = {"overlap"};  // ddp: overlap and/or no-overlap
+  uint64_t seed = 1;
+  std::string result;
+};
+
+comm::DDPOptions ddp_options(const WorkerConfig& c, const std::string& variant) {
+  comm::DDPOptions o;
+  if (variant == "no-overlap") {
+    o.bucket_cap_mb = o.first_bucket_cap_mb = kOneBucketMb;
+  } else {
+    o.bucket_cap_mb = c.bucket_cap_mb;
+    o.first_bucket_cap_mb = c.first_bucket_cap_mb;
+  }
+  return o;
+}
+
+/// One DDP rank: every variant on its own model (same initial values), in turn.
+json run_ddp_rank(const WorkerConfig& c, const std::shared_ptr<comm::ProcessGroup>& group, Device device,
+                  std::vector<std::shared_ptr<nn::Module>> models) {
+  const Batches data = make_batches(c.model, c.batch, c.seed + 1000 * static_cast<uint64_t>(group->rank()), device);
+  json out = json::object();
+  for (size_t v = 0; v < c.variants.size(); ++v) {
+    auto ddp = std::make_shared<comm::DistributedDataParallel>(models[v], group, ddp_options(c, c.variants[v]));
+    auto optimizer = make_optimizer(*ddp);
+    const StepTimes t = train_steps(*ddp, *optimizer, data, c.steps, c.warmup, device, ddp.get(), group.get());
+    json row = summarize(t, c.batch * group->size(), group.get(), device);
+    row["bucket_sizes_mb"] = json::array();
+    for (const comm::BucketInfo& b : ddp->buckets())
+      row["bucket_sizes_mb"].push_back(static_cast<double>(b.nbytes) / (1 << 20));
+    out[c.variants[v]] = row;
+  }
+  return out;
+}
+
+Device cuda_device(int k) { return Device::cuda(k % cuda::device_count()); }
+
+/// The worker subcommand: one process of a strategies or scaling run.
+int run_worker(const WorkerConfig& c) {
+  const bool cuda = c.device == "cuda";
+  json result;
+  if (c.role == "ddp") {
+    comm::InitOptions init;
+    init.backend = c.backend;
+    auto group = comm::init(init);
+    const Device device = cuda ? cuda_device(comm::launch_env().local_rank) : Device::cpu();
+    std::vector<std::shared_ptr<nn::Module>> models;
+    for (size_t v = 0; v < c.variants.size(); ++v) models.push_back(make_model(c.model, c.seed, device));
+    result = run_ddp_rank(c, group, device, models);
+    if (group->rank() != 0) return 0;
+  } else {
+    const Device device = cuda ? cuda_device(0) : Device::cpu();
+    auto model = make_model(c.model, c.seed, device);
+    std::shared_ptr<nn::Module> trained = model;
+    std::shared_ptr<comm::DataParallel> dp;
+    if (c.role == "dp") {
+      std::vector<Device> devices;
+      for (int k = 0; k < c.dp_devices; ++k) devices.push_back(cuda ? cuda_device(k) : Device::cpu());
+      dp = std::make_shared<comm::DataParallel>(model, devices);
+      trained = dp;
+    }
+    const Batches data = make_batches(c.model, c.batch, c.seed, device);
+    auto optimizer = make_optimizer(*model);
+    // DP: the phases of its forward, summed over the timed steps (host wall time).
+    double scatter = 0, replicate = 0, apply = 0, gather = 0;
+    StepTimes all;
+    for (int64_t i = 0; i < c.warmup + c.steps; ++i) {
+      const bool timed = i >= c.warmup;
+      StepTimes one = train_steps(*trained, *optimizer, data, timed ? 1 : 0, timed ? 0 : 1, device, nullptr, nullptr, i);
+      if (!timed) continue;
+      all.append(one);
+      if (dp) {
+        const comm::DataParallelStats s = dp->last_forward_stats();
+        scatter += s.scatter_s;
+        replicate += s.replicate_s;
+        apply += s.apply_s;
+        gather += s.gather_s;
+      }
+    }
+    result = {{c.role, summarize(all, c.batch, nullptr, device)}};
+    if (dp) {
+      const double n = static_cast<double>(c.steps) / 1e3;
+      result[c.role]["dp_scatter_ms"] = scatter / n;
+      result[c.role]["dp_replicate_ms"] = replicate / n;
+      result[c.role]["dp_apply_ms"] = apply / n;
+      result[c.role]["dp_gather_ms"] = gather / n;
+    }
+  }
+  result["omp_threads"] = omp_threads();
+  std::ofstream out(c.result);
+  if (!out) throw std::runtime_error(std::string("[") + kProgram + "] cannot open " + c.result + " for writing");
+  out << result.dump() << "\n";
+  return 0;
+}
+
+// ---- the parent side --------------------------------------------------------------------
+
+struct Common {
+  std::string model = "cnn";
+  std::string device = "cpu";
+  int64_t steps = 30;
+  int64_t warmup = 5;
+  uint64_t seed = 1;
+  std::string json_path;
+  std::string csv_path;
+  double timeout_s = 900;
+};
+
+/// Worker jobs started so far (names their result files).
+int spawned = 0;
+/// This invocation, recorded in every JSON file.
+std::string command_line;
+
+/// Starts `nproc` copies of this program as `worker` with `args`, each limited to
+/// `threads` OpenMP threads, and returns rank 0's result.
+json spawn_workers(int nproc, int threads, const std::vector<std::string>& args, double timeout_s) {
+  const std::filesystem::path result = std::filesystem::temp_directory_path() /
+      ("tandem-bench-" + std::to_string(::getpid()) + "-" + std::to_string(spawned++) + ".json");
+  comm::SpawnOptions o;
+  o.nproc = nproc;
+  o.master_port = 0;
+  o.timeout_s = timeout_s;
+  o.name = kProgram;
+  o.output = comm::WorkerOutput::kRankZeroOnly;
+  o.command = {std::filesystem::read_symlink("/proc/self/exe").string(), "worker"};
+  o.command.insert(o.command.end(), args.begin(), args.end());
+  o.command.insert(o.command.end(), {"--result", result.string()});
+  if (threads > 0) o.env.emplace_back("OMP_NUM_THREADS", std::to_string(threads));
+  const int status = comm::run_workers(o);
+  if (status != 0)
+    throw std::runtime_error(std::string("[") + kProgram + "] expected the workers to exit with 0, got " +
+                             std::to_string(status));
+  std::ifstream in(result);
+  if (!in) throw std::runtime_error(std::string("[") + kProgram + "] expected rank 0 to write " + result.string());
+  json j = json::parse(in);
+  std::filesystem::remove(result);
+  return j;
+}
+
+std::vector<std::string> worker_args(const Common& c, const std::string& role, int64_t batch) {
+  return {"--role", role, "--model", c.model, "--device", c.device, "--batch", std::to_string(batch),
+          "--steps", std::to_string(c.steps), "--warmup", std::to_string(c.warmup), "--seed", std::to_string(c.seed)};
+}
+
+json machine_info(const Common& c) {
+  int gpus = 0;
+  try {
+    gpus = cuda::device_count();
+  } catch (const std::exception&) {
+    gpus = 0;
+  }
+  return {{"date", today()}, {"cores", cores()}, {"gpus", gpus}, {"device", c.device}, {"model", c.model},
+          {"command", command_line}};
+}
+
+void write_outputs(const Common& c, const json& doc, const std::vector<std::string>& columns,
+                   const std::vector<std::vector<std::string>>& rows) {
+  if (!c.json_path.empty()) {
+    std::ofstream out(c.json_path);
+    if (!out) throw std::runtime_error(std::string("[") + kProgram + "] cannot open " + c.json_path + " for writing");
+    out << doc.dump(2) << "\n";
+    std::printf("wrote %s\n", c.json_path.c_str());
+  }
+  if (!c.csv_path.empty()) {
+    std::ofstream out(c.csv_path);
+    if (!out) throw std::runtime_error(std::string("[") + kProgram + "] cannot open " + c.csv_path + " for writing");
+    for (size_t i = 0; i < columns.size(); ++i) out << (i ? "," : "") << columns[i];
+    out << "\n";
+    for (const auto& row : rows) {
+      for (size_t i = 0; i < row.size(); ++i) out << (i ? "," : "") << row[i];
+      out << "\n";
+    }
+    std::printf("wrote %s\n", c.csv_path.c_str());
+  }
+}
+
+/// A terminal table: columns right-aligned to their widest cell.
+void print_table(const std::vector<std::string>& columns, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(columns.size());
+  for (size_t i = 0; i < columns.size(); ++i) width[i] = columns[i].size();
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  auto line = [&](const std::vector<std::string>& cells) {
+    for (size_t i = 0; i < cells.size(); ++i) std::printf("%s%*s", i ? "  " : "", static_cast<int>(width[i]), cells[i].c_str());
+    std::printf("\n");
+  };
+  line(columns);
+  for (const auto& row : rows) line(row);
+}
+
+std::string fmt(double v, int decimals = 2) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*f", decimals, v);
+  return text;
+}
+
+// ---- overhead -------------------------------------------------------------------------
+
+struct OverheadConfig {
+  int64_t batch = 64;
+  int rounds = 5;
+  int threads = 0;  // OpenMP threads; 0: OpenMP's default
+  std::vector<std::string> backends = {"local", "gloo"};
+};
+
+/// Plain model against DDP at world size 1 on each backend, in one process: every
+/// variant has its own model (same initial values); variants take turns in rounds of
+/// steps/rounds steps, so drift in the machine's load falls on all of them alike.
+int run_overhead(const Common& c, const OverheadConfig& o) {
+  set_omp_threads(o.threads);
+  const Device device = c.device == "cuda" ? Device::cuda(0) : Device::cpu();
+  struct Variant {
+    std::string name;
+    std::shared_ptr<nn::Module> model;
+    std::shared_ptr<comm::DistributedDataParallel> ddp;
+    std::shared_ptr<nn::Module> trained;
+    std::unique_ptr<optim::SGD> optimizer;
+    StepTimes times;
+  };
+  std::vector<Variant> variants;
+  variants.push_back({"plain", make_model(c.model, c.seed, device), nullptr, nullptr, nullptr, {}});
+  for (const std::string& backend : o.backends) {
+    std::shared_ptr<comm::ProcessGroup> group;
+    if (backend == "local") {
+      group = comm::make_local_group(1)[0];
+    } else {
+      comm::InitOptions init;
+      init.backend = backend;
+      group = comm::init(init);
+    }
+    Variant v{"ddp-" + backend, make_model(c.model, c.seed, device), nullptr, nullptr, nullptr, {}};
+    v.ddp = std::make_shared<comm::DistributedDataParallel>(v.model, group);
+    variants.push_back(std::move(v));
+  }
+  for (Variant& v : variants) {
+    v.trained = v.ddp ? std::static_pointer_cast<nn::Module>(v.ddp) : v.model;
+    v.optimizer = make_optimizer(*v.trained);
+  }
+  const Batches data = make_batches(c.model, o.batch, c.seed, device);
+  for (Variant& v : variants) train_steps(*v.trained, *v.optimizer, data, 0, c.warmup, device, v.ddp.get(), nullptr);
+  const int64_t per_round = std::max<int64_t>(1, c.steps / o.rounds);
+  for (int r = 0; r < o.rounds; ++r)
+    for (Variant& v : variants)
+      v.times.append(train_steps(*v.trained, *v.optimizer, data, per_round, 0, device, v.ddp.get(), nullptr));
+
+  const double plain = median(variants[0].times.step);
+  json doc = {{"benchmark", "overhead"}, {"machine", machine_info(c)}, {"batch", o.batch},
+              {"steps_per_variant", per_round * o.rounds}, {"rounds", o.rounds}, {"warmup", c.warmup},
+              {"omp_threads", omp_threads()}, {"rows", json::array()}};
+  const std::vector<std::string> columns = {"variant", "median_step_ms", "min_step_ms", "samples_per_s",
+                                            "overhead_pct", "exposed_comm_ms", "buckets"};
+  std::vector<std::vector<std::string>> rows;
+  for (const Variant& v : variants) {
+    const double step = median(v.times.step);
+    const double minimum = *std::min_element(v.times.step.begin(), v.times.step.end());
+    const double overhead = 100.0 * (step / plain - 1.0);
+    const double sps = static_cast<double>(o.batch * v.times.steps) / v.times.wall_s;
+    doc["rows"].push_back({{"variant", v.name}, {"median_step_ms", step * 1e3}, {"min_step_ms", minimum * 1e3},
+                           {"samples_per_s", sps}, {"overhead_pct", overhead},
+                           {"exposed_comm_ms", median(v.times.exposed) * 1e3}, {"buckets", v.times.buckets}});
+    rows.push_back({v.name, fmt(step * 1e3, 3), fmt(minimum * 1e3, 3), fmt(sps, 0), fmt(overhead, 2),
+                    fmt(median(v.times.exposed) * 1e3, 3), std::to_string(v.times.buckets)});
+  }
+  std::printf("DDP overhead at world size 1: model %s, batch %lld, %lld steps per variant in %d interleaved rounds, "
+              "%d OpenMP threads, %u cores\n",
+              c.model.c_str(), static_cast<long long>(o.batch), static_cast<long long>(per_round * o.rounds), o.rounds,
+              omp_threads(), cores());
+  print_table(columns, rows);
+  write_outputs(c, doc, columns, rows);
+  return 0;
+}
+
+// ---- strategies -----------------------------------------------------------------------
+
+struct StrategiesConfig {
+  int64_t global_batch = 64;
+  int devices = 2;
+  int repeats = 1;
+  int threads = 0;  // per process for single; per replica (dp) or rank (ddp); 0: cores / N
+  std::string backend = "auto";
+};
+
+/// "auto": gloo for CPU ranks, nccl for GPU ranks.
+std::string pick_backend(const std::string& backend, const std::string& device) {
+  if (backend != "auto") return backend;
+  return device == "cuda" ? "nccl" : "gloo";
+}
+
+int run_strategies(const Common& c, const StrategiesConfig& s) {
+  if (s.global_batch % s.devices != 0)
+    throw std::invalid_argument(std::string("[") + kProgram + "] --global-batch must divide by --devices, got " +
+                                std::to_string(s.global_batch) + " and " + std::to_string(s.devices));
+  const int per = s.threads > 0 ? s.threads : std::max(1, static_cast<int>(cores()) / s.devices);
+  const int single_threads = s.threads > 0 ? s.threads * s.devices : static_cast<int>(cores());
+  std::vector<std::string> names = {"single", "dp", "ddp"};
+  std::vector<std::vector<json>> runs(names.size());
+  for (int r = 0; r < s.repeats; ++r) {
+    runs[0].push_back(spawn_workers(1, single_threads, worker_args(c, "single", s.global_batch), c.timeout_s)["single"]);
+    auto dp_args = worker_args(c, "dp", s.global_batch);
+    dp_args.insert(dp_args.end(), {"--dp-devices", std::to_string(s.devices)});
+    runs[1].push_back(spawn_workers(1, per, dp_args, c.timeout_s)["dp"]);
+    auto ddp_args = worker_args(c, "ddp", s.global_batch / s.devices);
+    ddp_args.insert(ddp_args.end(), {"--backend", pick_backend(s.backend, c.device)});
+    runs[2].push_back(spawn_workers(s.devices, per, ddp_args, c.timeout_s)["overlap"]);
+  }
+  // The run with the median throughput stands for each strategy.
+  json doc = {{"benchmark", "strategies"}, {"machine", machine_info(c)}, {"global_batch", s.global_batch},
+              {"devices", s.devices}, {"steps", c.steps}, {"warmup", c.warmup}, {"repeats", s.repeats},
+              {"threads_single", single_threads}, {"threads_per_replica_or_rank", per},
+              {"backend", pick_backend(s.backend, c.device)},
+              {"rows", json::array()}};
+  const std::vector<std::string> columns = {"strategy", "processes", "batch_per_process", "samples_per_s",
+                                            "vs_single", "sps_median_step", "step_ms", "forward_ms", "backward_ms", "exposed_comm_ms",
+                                            "optimizer_ms"};
+  std::vector<std::vector<std::string>> rows;
+  double single_sps = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::vector<json> sorted = runs[i];
+    std::sort(sorted.begin(), sorted.end(),
+              [](const json& a, const json& b) { return a["samples_per_s"].get<double>() < b["samples_per_s"].get<double>(); });
+    json row = sorted[sorted.size() / 2];
+    const double sps = row["samples_per_s"];
+    if (i == 0) single_sps = sps;
+    row["strategy"] = names[i];
+    row["vs_single"] = sps / single_sps;
+    const int processes = names[i] == "ddp" ? s.devices : 1;
+    const int64_t batch = names[i] == "ddp" ? s.global_batch / s.devices : s.global_batch;
+    row["processes"] = processes;
+    row["batch_per_process"] = batch;
+    std::vector<double> all;
+    for (const json& j : runs[i]) all.push_back(j["samples_per_s"]);
+    row["samples_per_s_all"] = all;
+    doc["rows"].push_back(row);
+    rows.push_back({names[i] + (names[i] == "single" ? "" : " x" + std::to_string(s.devices)),
+                    std::to_string(processes), std::to_string(batch), fmt(sps, 0), fmt(sps / single_sps, 2),
+                    fmt(row["samples_per_s_median_step"], 0), fmt(row["step_ms"], 2), fmt(row["forward_ms"], 2), fmt(row["backward_ms"], 2),
+                    fmt(row["exposed_comm_ms"], 2), fmt(row["optimizer_ms"], 2)});
+  }
+  std::printf("Strategies: model %s, global batch %lld, N = %d %s devices, %lld steps after %lld warm-up, "
+              "OpenMP threads: single %d, per DP replica / DDP rank %d, %u cores\n",
+              c.model.c_str(), static_cast<long long>(s.global_batch), s.devices, c.device.c_str(),
+              static_cast<long long>(c.steps), static_cast<long long>(c.warmup), single_threads, per, cores());
+  print_table(columns, rows);
+  const json& dp = doc["rows"][1];
+  if (dp.contains("dp_replicate_ms"))
+    std::printf("DP forward phases (ms/step): scatter %.3f, replicate %.3f, apply %.3f, gather %.3f\n",
+                dp["dp_scatter_ms"].get<double>(), dp["dp_replicate_ms"].get<double>(),
+                dp["dp_apply_ms"].get<double>(), dp["dp_gather_ms"].get<double>());
+  write_outputs(c, doc, columns, rows);
+  return 0;
+}
+
+// ---- scaling --------------------------------------------------------------------------
+
+struct ScalingConfig {
+  std::string strategy = "ddp";
+  std::vector<int> ranks = {1, 2, 4};
+  int64_t batch_per_rank = 32;
+  std::string backend = "auto";
+  double bucket_cap_mb = comm::DDPOptions{}.bucket_cap_mb;
+  double first_bucket_cap_mb = comm::DDPOptions{}.first_bucket_cap_mb;
+  std::string overlap = "both";  // on, off, both
+  int threads_per_rank = 1;
+};
+
+/// DDP over local-backend threads in this process: rank r on its own thread (and on
+/// cuda:r % count with --device cuda). Models are made first, one after another, since
+/// the default generator is shared.
+json run_local_ranks(const WorkerConfig& w, int n, int threads) {
+  auto groups = comm::make_local_group(n);
+  std::vector<Device> devices;
+  std::vector<std::vector<std::shared_ptr<nn::Module>>> models(static_cast<size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    devices.push_back(w.device == "cuda" ? cuda_device(r) : Device::cpu());
+    for (size_t v = 0; v < w.variants.size(); ++v) models[static_cast<size_t>(r)].push_back(make_model(w.model, w.seed, devices.back()));
+  }
+  json result;
+  std::mutex mutex;
+  std::string error;
+  std::vector<std::thread> threads_;
+  for (int r = 0; r < n; ++r) {
+    threads_.emplace_back([&, r] {
+      try {
+        set_omp_threads(threads);
+        if (devices[static_cast<size_t>(r)].is_cuda()) cuda::set_device(devices[static_cast<size_t>(r)].index);
+        json j = run_ddp_rank(w, groups[static_cast<size_t>(r)], devices[static_cast<size_t>(r)], models[static_cast<size_t>(r)]);
+        if (r == 0) result = j;
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (error.empty()) error = "rank " + std::to_string(r) + ": " + e.what();
+      }
+    });
+  }
+  for (std::thread& t : threads_) t.join();
+  if (!error.empty()) throw std::runtime_error(error);
+  result["omp_threads"] = threads;
+  return result;
+}
+
+int run_scaling(const Common& c, ScalingConfig s) {
+  s.backend = pick_backend(s.backend, c.device);
+  if (s.strategy != "ddp")
+    throw std::invalid_argument(std::string("[") + kProgram + "] scaling --strategy " + s.strategy +
+                                " is not implemented yet (issue 8); expected ddp");
+  std::vector<std::string> variants;
+  if (s.overlap != "off") variants.push_back("overlap");
+  if (s.overlap != "on") variants.push_back("no-overlap");
+
+  WorkerConfig w;
+  w.model = c.model;
+  w.device = c.device;
+  w.backend = s.backend;
+  w.batch = s.batch_per_rank;
+  w.steps = c.steps;
+  w.warmup = c.warmup;
+  w.bucket_cap_mb = s.bucket_cap_mb;
+  w.first_bucket_cap_mb = s.first_bucket_cap_mb;
+  w.variants = variants;
+  w.seed = c.seed;
+
+  std::vector<json> results;
+  for (int n : s.ranks) {
+    if (s.backend == "local") {
+      results.push_back(run_local_ranks(w, n, s.threads_per_rank));
+      continue;
+    }
+    std::vector<std::string> args = worker_args(c, "ddp", s.batch_per_rank);
+    std::string joined;
+    for (const std::string& v : variants) joined += (joined.empty() ? "" : ",") + v;
+    args.insert(args.end(), {"--backend", s.backend, "--bucket-cap-mb", std::to_string(s.bucket_cap_mb),
+                             "--first-bucket-cap-mb", std::to_string(s.first_bucket_cap_mb), "--variants", joined});
+    results.push_back(spawn_workers(n, s.threads_per_rank, args, c.timeout_s));
+  }
+
+  json doc = {{"benchmark", "scaling"}, {"machine", machine_info(c)}, {"strategy", s.strategy},
+              {"backend", s.backend}, {"batch_per_rank", s.batch_per_rank}, {"steps", c.steps},
+              {"warmup", c.warmup}, {"bucket_cap_mb", s.bucket_cap_mb},
+              {"first_bucket_cap_mb", s.first_bucket_cap_mb}, {"threads_per_rank", s.threads_per_rank},
+              {"rows", json::array()}};
+  const std::vector<std::string> columns = {
+      "ranks", "variant", "samples_per_s", "speedup", "efficiency", "sps_median_step", "step_ms", "forward_ms", "backward_compute_ms",
+      "exposed_comm_ms", "optimizer_ms", "buckets", "in_backward"};
+  std::vector<std::vector<std::string>> rows;
+  for (const std::string& variant : variants) {
+    // Speed-up against the first rank count of the same variant; ideal is n / n0.
+    const double base = results[0][variant]["samples_per_s"];
+    const int n0 = s.ranks[0];
+    for (size_t i = 0; i < s.ranks.size(); ++i) {
+      json row = results[i][variant];
+      const int n = s.ranks[i];
+      const double sps = row["samples_per_s"];
+      const double speedup = sps / base;
+      const double efficiency = speedup / (static_cast<double>(n) / n0);
+      row["ranks"] = n;
+      row["variant"] = variant;
+      row["speedup"] = speedup;
+      row["efficiency"] = efficiency;
+      row["omp_threads"] = results[i]["omp_threads"];
+      row["oversubscribed"] = static_cast<unsigned>(n * std::max(1, s.threads_per_rank)) > cores();
+      doc["rows"].push_back(row);
+      rows.push_back({std::to_string(n), variant, fmt(sps, 0), fmt(speedup, 2), fmt(efficiency, 2),
+                      fmt(row["samples_per_s_median_step"], 0), fmt(row["step_ms"], 2), fmt(row["forward_ms"], 2), fmt(row["backward_compute_ms"], 2),
+                      fmt(row["exposed_comm_ms"], 2), fmt(row["optimizer_ms"], 2),
+                      std::to_string(row["buckets"].get<int>()),
+                      std::to_string(row["buckets_launched_during_backward"].get<int>())});
+    }
+  }
+  std::printf("Scaling: DDP over %s, model %s, batch %lld per rank, %lld steps after %lld warm-up, %d OpenMP "
+              "thread(s) per rank, %u cores%s\n",
+              s.backend.c_str(), c.model.c_str(), static_cast<long long>(s.batch_per_rank),
+              static_cast<long long>(c.steps), static_cast<long long>(c.warmup), s.threads_per_rank, cores(),
+              c.device == "cuda" ? " (CUDA)" : "");
+  print_table(columns, rows);
+  write_outputs(c, doc, columns, rows);
+  return 0;
+}
+
+/// Options every parent subcommand takes.
+void add_common(CLI::App* sub, Common& c, const std::string& name) {
+  sub->add_option("--model", c.model, "mlp, cnn (1x28x28) or resnet18 (3x32x32); random data")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mlp", "cnn", "resnet18"}));
+  sub->add_option("--device", c.device, "cpu or cuda (every GPU, round robin)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  sub->add_option("--steps", c.steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--warmup", c.warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  sub->add_option("--seed", c.seed, "seed of the models and data")->capture_default_str();
+  c.json_path = "tandem-bench-" + name + ".json";
+  c.csv_path = "tandem-bench-" + name + ".csv";
+  sub->add_option("--json", c.json_path, "JSON output file ('' for none)")->capture_default_str();
+  sub->add_option("--csv", c.csv_path, "CSV output file ('' for none)")->capture_default_str();
+  sub->add_option("--timeout", c.timeout_s, "seconds before worker processes are stopped")->capture_default_str();
+}
+
+}  // namespace
+}  // namespace tandem::bench
+
+int main(int argc, char** argv) {
+  using namespace tandem::bench;
+  CLI::App app{"Training throughput of single-process, DataParallel and DistributedDataParallel training."};
+  app.require_subcommand(1);
+
+  Common overhead_common, strategies_common, scaling_common;
+  OverheadConfig overhead;
+  StrategiesConfig strategies;
+  ScalingConfig scaling;
+  WorkerConfig worker;
+
+  CLI::App* o = app.add_subcommand("overhead", "plain model against DDP at world size 1 (local and gloo backends)");
+  overhead_common.steps = 200;
+  add_common(o, overhead_common, "overhead");
+  o->add_option("--batch", overhead.batch, "samples per step")->capture_default_str()->check(CLI::PositiveNumber);
+  o->add_option("--rounds", overhead.rounds, "interleaved rounds (steps are split between them)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  o->add_option("--threads", overhead.threads, "OpenMP threads (0: OpenMP's default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  o->add_option("--backends", overhead.backends, "DDP backends at world size 1")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::IsMember({"local", "gloo", "nccl"}));
+
+  CLI::App* st = app.add_subcommand("strategies", "single process, DataParallel and DDP on one global batch");
+  add_common(st, strategies_common, "strategies");
+  st->add_option("--global-batch", strategies.global_batch, "samples per step over all devices")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  st->add_option("--devices", strategies.devices, "N: DP replicas and DDP ranks")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  st->add_option("--repeats", strategies.repeats, "runs of each strategy, interleaved; the median is reported")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  st->add_option("--threads", strategies.threads,
+                 "OpenMP threads per DP replica / DDP rank (single gets N times as many); 0: cores / N")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  st->add_option("--backend", strategies.backend, "DDP backend (processes): auto (gloo on cpu, nccl on cuda)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}));
+
+  CLI::App* sc = app.add_subcommand("scaling", "DDP over several rank counts: samples/s, speed-up, efficiency");
+  add_common(sc, scaling_common, "scaling");
+  sc->add_option("--strategy", scaling.strategy, "ddp (dp: issue 8)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ddp", "dp"}));
+  sc->add_option("--ranks", scaling.ranks, "rank counts")->delimiter(',')->capture_default_str()->check(CLI::PositiveNumber);
+  sc->add_option("--batch-per-rank", scaling.batch_per_rank, "samples per rank per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sc->add_option("--backend", scaling.backend,
+                 "gloo or nccl (processes), local (threads); auto: gloo on cpu, nccl on cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "gloo", "nccl", "local"}));
+  sc->add_option("--bucket-cap-mb", scaling.bucket_cap_mb, "DDP bucket cap (overlap variant)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sc->add_option("--first-bucket-cap-mb", scaling.first_bucket_cap_mb, "DDP first bucket cap (overlap variant)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sc->add_option("--overlap", scaling.overlap, "on (default buckets), off (one bucket) or both")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off", "both"}));
+  sc->add_option("--threads-per-rank", scaling.threads_per_rank, "OpenMP threads per rank (0: OpenMP's default)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+
+  // Hidden: one process of a strategies or scaling run (started by the parent).
+  CLI::App* wk = app.add_subcommand("worker", "")->group("");
+  wk->add_option("--role", worker.role)->check(CLI::IsMember({"single", "dp", "ddp"}));
+  wk->add_option("--model", worker.model);
+  wk->add_option("--device", worker.device);
+  wk->add_option("--backend", worker.backend);
+  wk->add_option("--batch", worker.batch);
+  wk->add_option("--dp-devices", worker.dp_devices);
+  wk->add_option("--steps", worker.steps);
+  wk->add_option("--warmup", worker.warmup);
+  wk->add_option("--seed", worker.seed);
+  wk->add_option("--bucket-cap-mb", worker.bucket_cap_mb);
+  wk->add_option("--first-bucket-cap-mb", worker.first_bucket_cap_mb);
+  wk->add_option("--variants", worker.variants)->delimiter(',');
+  wk->add_option("--result", worker.result)->required();
+
+  CLI11_PARSE(app, argc, argv);
+  command_line = "tandem-bench";
+  for (int i = 1; i < argc; ++i) command_line += std::string(" ") + argv[i];
+  try {
+    if (*o) return run_overhead(overhead_common, overhead);
+    if (*st) return run_strategies(strategies_common, strategies);
+    if (*sc) return run_scaling(scaling_common, scaling);
+    if (*wk) return run_worker(worker);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tandem-bench: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
