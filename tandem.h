@@ -1,6 +1,7 @@
 // Tandem's public API in one include: tensors, autograd and ops (engine/), layers
 // and models (layers/), optimizers (optim/), data sets and loaders (data/), process
-// groups, launch and samplers (comm/), and training-loop helpers (train/).
+// groups, launch, samplers, DataParallel, DistributedDataParallel and SyncBatchNorm
+// (comm/), and training-loop helpers and the checkpoint format (train/).
 #pragma once
 
 #include "engine/autograd.h"
@@ -38,12 +39,17 @@
 #include "data/sampler.h"
 #include "data/synthetic.h"
 
+#include "comm/data_parallel.h"
+#include "comm/ddp.h"
 #include "comm/launch.h"
 #include "comm/local.h"
 #include "comm/metrics.h"
 #include "comm/process_group.h"
 #include "comm/sampler.h"
 #include "comm/store.h"
+#include "comm/sync_batchnorm.h"
 
+#include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/progress.h"
+#include "train/safetensors.h"
