@@ -342,6 +342,9 @@ void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::
     samples_per_s = progress.samples_per_second();
     total_seconds += seconds;
     total_samples += epoch_samples;
+    // Every rank evaluates with rank 0's batch-norm statistics (its own were updated by
+    // its own last batch after the last broadcast).
+    if (is_ddp && !cfg.no_broadcast_buffers) static_cast<comm::DistributedDataParallel&>(*net).sync_buffers();
     result = evaluate(eval_net, test_loader);
     if (is_ddp) result = comm::all_reduce_metrics(*ctx.group, result, device);
     if (!reporting) continue;

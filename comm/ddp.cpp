@@ -585,13 +585,16 @@ Tensor DistributedDataParallel::forward(const Tensor& input) {
   const bool sync = require_sync_ && autograd::grad_enabled();
   if (sync) reducer_->rebuild_if_due();
   // Every forward, evaluation included, so all ranks normalise with rank 0's statistics.
-  if (options_.broadcast_buffers && group_->size() > 1) {
-    std::vector<Tensor> buffers = module_->buffers();
-    if (!buffers.empty()) broadcast_from_rank0(*group_, buffers);
-  }
+  if (options_.broadcast_buffers) sync_buffers();
   Tensor out = module_->forward(input);
   if (sync && out.requires_grad()) reducer_->prepare_for_backward(out);
   return out;
+}
+
+void DistributedDataParallel::sync_buffers() {
+  if (group_->size() == 1) return;
+  std::vector<Tensor> buffers = module_->buffers();
+  if (!buffers.empty()) broadcast_from_rank0(*group_, buffers);
 }
 
 DistributedDataParallel::NoSyncGuard::NoSyncGuard(DistributedDataParallel& ddp)

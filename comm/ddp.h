@@ -72,6 +72,11 @@ class DistributedDataParallel : public nn::Module {
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "DistributedDataParallel"; }
 
+  /// Broadcasts the module's buffers from rank 0 now (what every forward does with
+  /// broadcast_buffers): before evaluating the wrapped module directly, so every rank
+  /// uses rank 0's batch-norm statistics. A collective: every rank must call it.
+  void sync_buffers();
+
   /// The wrapped module.
   const std::shared_ptr<nn::Module>& module() const { return module_; }
   const std::shared_ptr<ProcessGroup>& process_group() const { return group_; }

@@ -450,6 +450,21 @@ TEST(DDPErrors, ReadyTwiceSuggestsStaticGraph) {
   }
 }
 
+TEST(DDPModule, SyncBuffersGivesEveryRankRankZerosStatistics) {
+  auto groups = make_local_group(3);
+  std::vector<std::shared_ptr<nn::Module>> models;
+  for (int r = 0; r < 3; ++r) models.push_back(make_model(Kind::kCNN, 1));
+  std::vector<std::vector<std::pair<std::string, Tensor>>> got(3);
+  run_ranks(3, [&](int r) {
+    DistributedDataParallel ddp(models[static_cast<size_t>(r)], groups[static_cast<size_t>(r)]);
+    // Each rank updates its running statistics from its own batch, outside DDP.
+    models[static_cast<size_t>(r)]->forward(global_batch(Kind::kCNN, r, 4).x);
+    ddp.sync_buffers();
+    got[static_cast<size_t>(r)] = snapshot(*models[static_cast<size_t>(r)]);
+  });
+  for (int r = 1; r < 3; ++r) expect_same_state(got[static_cast<size_t>(r)], got[0], "rank " + std::to_string(r));
+}
+
 TEST(DDPModule, StateDictKeysGainTheModulePrefix) {
   auto pg = make_local_group(1)[0];
   DistributedDataParallel ddp(four_layers(), pg);
