@@ -444,8 +444,10 @@ TEST_F(CachingAllocatorTest, OutOfMemoryAfterRetryThrowsWithStats) {
   void* b = allocator->allocate(1000, s1);
   try {
     allocator->allocate(3 * kMiB + 5, s1);
-    FAIL() << "expected std::runtime_error";
-  } catch (const std::runtime_error& e) {
+    FAIL() << "expected OutOfMemoryError";
+  } catch (const OutOfMemoryError& e) {
+    EXPECT_EQ(e.requested_bytes, 3 * kMiB + 5);
+    EXPECT_EQ(e.reserved_bytes, int64_t(8 * kMiB));
     const std::string message = e.what();
     EXPECT_NE(message.find("[device_alloc]"), std::string::npos) << message;
     EXPECT_NE(message.find("out of memory on cuda:0"), std::string::npos) << message;

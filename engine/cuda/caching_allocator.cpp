@@ -134,9 +134,10 @@ void* CachingAllocator::alloc_segment(size_t size, size_t requested) {
   }
   if (ptr == nullptr) {
     stats_.num_ooms += 1;
-    throw std::runtime_error("[" + op_ + "] out of memory on " + name_ + ": could not allocate a segment of " +
-                             format_bytes(static_cast<int64_t>(size)) + " for a request of " +
-                             std::to_string(requested) + " bytes, even after freeing the cache; " + stats_text());
+    throw OutOfMemoryError("[" + op_ + "] out of memory on " + name_ + ": could not allocate a segment of " +
+                               format_bytes(static_cast<int64_t>(size)) + " for a request of " +
+                               std::to_string(requested) + " bytes, even after freeing the cache; " + stats_text(),
+                           requested, stats_.allocated_bytes, stats_.reserved_bytes);
   }
   stats_.reserved_bytes += static_cast<int64_t>(size);
   stats_.num_device_allocs += 1;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/stream.h"
@@ -121,6 +122,21 @@ struct MemoryStats {
 };
 MemoryStats memory_stats(int device);
 void reset_peak_memory_stats(int device);
+
+/// A device allocation the caching allocator could not satisfy even after returning
+/// its cache to the driver. The message states the request and the allocator's
+/// allocated and reserved bytes; the trainer adds the per-device batch size.
+class OutOfMemoryError : public std::runtime_error {
+ public:
+  OutOfMemoryError(const std::string& message, size_t requested_bytes, int64_t allocated_bytes, int64_t reserved_bytes)
+      : std::runtime_error(message),
+        requested_bytes(requested_bytes),
+        allocated_bytes(allocated_bytes),
+        reserved_bytes(reserved_bytes) {}
+  size_t requested_bytes;
+  int64_t allocated_bytes;
+  int64_t reserved_bytes;
+};
 /// Returns every cached, unused block to the driver.
 void empty_cache();
 
