@@ -20,6 +20,10 @@ constexpr const char* kReason = "Tandem was built without CUDA (TANDEM_CUDA=OFF)
 
 int device_count() { return 0; }
 std::string unavailable_reason() { return kReason; }
+std::string pci_bus_id(int index) {
+  check_device(index, "pci_bus_id");
+  return {};
+}
 
 void check_device(int index, const char* what) {
   throw std::invalid_argument(std::string("[") + what + "] expected a CUDA device (cuda:" + std::to_string(index) +

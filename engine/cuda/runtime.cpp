@@ -198,6 +198,13 @@ int device_count() { return device_info().count; }
 
 std::string unavailable_reason() { return device_info().reason; }
 
+std::string pci_bus_id(int index) {
+  check_device(index, "pci_bus_id");
+  char id[32] = {};
+  CUDA_CHECK(cudaDeviceGetPCIBusId(id, sizeof(id), index));
+  return id;
+}
+
 void check_device(int index, const char* what) {
   const int count = device_count();
   if (count == 0)

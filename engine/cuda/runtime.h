@@ -21,6 +21,8 @@ inline bool is_available() { return device_count() > 0; }
 std::string unavailable_reason();
 /// Throws std::invalid_argument naming `what` unless device `index` exists.
 void check_device(int index, const char* what);
+/// The device's PCI bus id ("0000:3b:00.0"), how NVML and nvidia-smi name it.
+std::string pci_bus_id(int index);
 
 int current_device();
 void set_device(int index);
