@@ -4,6 +4,7 @@
 // (comm/), and training-loop helpers and the checkpoint format (train/).
 #pragma once
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"

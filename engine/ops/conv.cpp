@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
 #include "kernels/cpu/conv.h"
@@ -180,6 +181,10 @@ void conv_backward(const ConvPlan& p, const Tensor& x, const Tensor& w, const Te
 std::string int2_str(const Int2& v) { return std::to_string(v.h) + "x" + std::to_string(v.w); }
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& options) {
+  if (autocast_active()) {  // autocast: low precision, bias included
+    Tensor xl = autocast_to_low(x), wl = autocast_to_low(weight), bl = autocast_to_low(bias);
+    if (!xl.is_same(x) || !wl.is_same(weight) || !bl.is_same(bias)) return conv2d(xl, wl, bl, options);
+  }
   const ConvPlan p = plan_conv(x, weight, bias, options);
   const TensorOptions out_options{.dtype = x.dtype(), .device = x.device()};
   Tensor y = Tensor::empty({p.g.batch, p.out_channels, p.g.out_h, p.g.out_w}, out_options);

@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
 #include "engine/ops/reduce.h"
@@ -40,6 +41,23 @@ Tensor unary_grad_kernel(UnaryGradOp code, const Tensor& dy, const Tensor& saved
                                   cuda_stream(dy.device()));
       });
   return dx;
+}
+
+bool is_half(DType t) { return t == DType::kF16 || t == DType::kBF16; }
+
+/// The dtype a binary op on a and b computes in when one of them is f16/bf16 and the
+/// other a different floating dtype: the wider of the two, and f32 for f16 with bf16
+/// (neither holds the other), as PyTorch's promotion. Returns false for any other pair:
+/// those must match exactly, so that an f32/f64 mix-up in a reference or gradient check
+/// still fails loudly. Mixes arise naturally under autocast (a bf16 linear output added
+/// to an f32 residual) and must work there.
+bool half_promotion(const Tensor& a, const Tensor& b, DType& to) {
+  if (!a.defined() || !b.defined()) return false;
+  const DType da = a.dtype(), db = b.dtype();
+  if (da == db || !is_floating(da) || !is_floating(db) || !(is_half(da) || is_half(db))) return false;
+  if (is_half(da) && is_half(db)) to = DType::kF32;
+  else to = is_half(da) ? db : da;
+  return true;
 }
 
 void check_binary(const char* op, const Tensor& a, const Tensor& b) {
@@ -142,13 +160,17 @@ Tensor neg(const Tensor& x) {
   return out;
 }
 
+// Under autocast, exp and log of f16/bf16 inputs run in f32 (PyTorch's f32 list), since
+// exp overflows f16 above 11 and log loses the relative precision of small inputs.
 Tensor exp(const Tensor& x) {
+  if (autocast_active() && x.defined() && is_half(x.dtype())) return exp(autocast_to_f32(x));
   Tensor out = unary_kernel("exp", UnaryOp::kExp, x);
   autograd::record("exp", {x}, {out}, [y = out.detach()](std::vector<Tensor>& g) { return std::vector<Tensor>{g[0] * y}; });
   return out;
 }
 
 Tensor log(const Tensor& x) {
+  if (autocast_active() && x.defined() && is_half(x.dtype())) return log(autocast_to_f32(x));
   Tensor out = unary_kernel("log", UnaryOp::kLog, x);
   autograd::record("log", {x}, {out}, [x](std::vector<Tensor>& g) { return std::vector<Tensor>{g[0] / x}; });
   return out;
@@ -207,6 +229,7 @@ Tensor square(const Tensor& x) {
 // ---- binary -----------------------------------------------------------------------------------
 
 Tensor add(const Tensor& a, const Tensor& b, double alpha) {
+  if (DType to; half_promotion(a, b, to)) return add(a.to(to), b.to(to), alpha);
   check_binary("add", a, b);
   check_arithmetic("add", a, true);
   Tensor out = binary_kernel("add", BinaryOp::kAdd, a, b, alpha, a.dtype());
@@ -219,6 +242,7 @@ Tensor add(const Tensor& a, const Tensor& b, double alpha) {
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
+  if (DType to; half_promotion(a, b, to)) return sub(a.to(to), b.to(to));
   check_binary("sub", a, b);
   check_arithmetic("sub", a, true);
   Tensor out = binary_kernel("sub", BinaryOp::kSub, a, b, 1.0, a.dtype());
@@ -230,6 +254,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
+  if (DType to; half_promotion(a, b, to)) return mul(a.to(to), b.to(to));
   check_binary("mul", a, b);
   check_arithmetic("mul", a, true);
   Tensor out = binary_kernel("mul", BinaryOp::kMul, a, b, 1.0, a.dtype());
@@ -245,6 +270,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor div(const Tensor& a, const Tensor& b) {
+  if (DType to; half_promotion(a, b, to)) return div(a.to(to), b.to(to));
   check_binary("div", a, b);
   check_arithmetic("div", a, false);
   Tensor out = binary_kernel("div", BinaryOp::kDiv, a, b, 1.0, a.dtype());

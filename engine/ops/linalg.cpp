@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/dispatch.h"
@@ -81,6 +82,10 @@ Tensor matmul_trans(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (autocast_active()) {  // autocast: low precision (f32 accumulation inside the GEMM)
+    Tensor al = autocast_to_low(a), bl = autocast_to_low(b);
+    if (!al.is_same(a) || !bl.is_same(b)) return matmul(al, bl);
+  }
   check_operands("matmul", a, b, "a", "b");
   const bool a2 = a.dim() == 2, a3 = a.dim() == 3, b2 = b.dim() == 2, b3 = b.dim() == 3;
   if (!((a2 && b2) || (a3 && b3) || (a3 && b2)))
@@ -100,6 +105,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
+  if (autocast_active()) {  // autocast: low precision
+    Tensor al = autocast_to_low(a), bl = autocast_to_low(b);
+    if (!al.is_same(a) || !bl.is_same(b)) return bmm(al, bl);
+  }
   check_operands("bmm", a, b, "a", "b");
   if (a.dim() != 3 || b.dim() != 3)
     throw std::invalid_argument("[bmm] expected 3-D operands (B,M,K)@(B,K,N), got " + shape_str(a.shape()) + " and " +
@@ -112,6 +121,10 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (autocast_active()) {  // autocast: low precision, bias included
+    Tensor xl = autocast_to_low(x), wl = autocast_to_low(weight), bl = autocast_to_low(bias);
+    if (!xl.is_same(x) || !wl.is_same(weight) || !bl.is_same(bias)) return linear(xl, wl, bl);
+  }
   check_operands("linear", x, weight, "x", "weight");
   if (weight.dim() != 2)
     throw std::invalid_argument("[linear] expected weight of 2 dims (out, in), got shape " + shape_str(weight.shape()));

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/dispatch.h"
@@ -96,11 +97,21 @@ void check_targets_in_range(const Tensor& targets, int64_t c, int64_t ignore_ind
 
 }  // namespace
 
-Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl("softmax", x, dim, false); }
+// Under autocast, softmax, log_softmax, cross_entropy and mse_loss take f32 inputs and
+// return f32: exp/log of half inputs loses too much and the losses feed the scaler.
+Tensor softmax(const Tensor& x, int64_t dim) {
+  return softmax_impl("softmax", autocast_active() ? autocast_to_f32(x) : x, dim, false);
+}
 
-Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl("log_softmax", x, dim, true); }
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  return softmax_impl("log_softmax", autocast_active() ? autocast_to_f32(x) : x, dim, true);
+}
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const CrossEntropyOptions& options) {
+  if (autocast_active()) {
+    Tensor wide = autocast_to_f32(logits);
+    if (!wide.is_same(logits)) return cross_entropy(wide, targets, options);
+  }
   const char* op = "cross_entropy";
   check_defined(op, logits, "logits");
   check_defined(op, targets, "targets");
@@ -187,6 +198,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const CrossEnt
 }
 
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
+  if (autocast_active()) {
+    Tensor in = autocast_to_f32(input), tg = autocast_to_f32(target);
+    if (!in.is_same(input) || !tg.is_same(target)) return mse_loss(in, tg, reduction);
+  }
   const char* op = "mse_loss";
   check_defined(op, input, "input");
   check_defined(op, target, "target");

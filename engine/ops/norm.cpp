@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
 #include "engine/ops/elementwise.h"
@@ -287,6 +288,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
                   double eps) {
+  if (autocast_active()) {  // autocast: f32 (input and affine parameters), f32 output
+    Tensor xw = autocast_to_f32(x), ww = autocast_to_f32(weight), bw = autocast_to_f32(bias);
+    if (!xw.is_same(x) || !ww.is_same(weight) || !bw.is_same(bias)) return layer_norm(xw, normalized_shape, ww, bw, eps);
+  }
   const char* op = "layer_norm";
   check_defined(op, x);
   check_floating(op, x);

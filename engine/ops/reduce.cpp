@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
 #include "engine/ops/elementwise.h"
@@ -117,24 +118,30 @@ Tensor sum_impl(const char* op, const Tensor& x, const std::vector<int64_t>& dim
 
 }  // namespace
 
+// Under autocast, sum and mean of f16/bf16 inputs are taken in f32 and return f32 (a
+// half result would round a large sum and overflow f16 at 65504).
 Tensor sum(const Tensor& x) {
   check_defined("sum", x);
-  return sum_impl("sum", x, all_dims(x.dim()), false, false);
+  const Tensor xs = autocast_active() ? autocast_to_f32(x) : x;
+  return sum_impl("sum", xs, all_dims(xs.dim()), false, false);
 }
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   check_defined("sum", x);
-  return sum_impl("sum", x, normalize_dims("sum", dims, x.dim()), keepdim, false);
+  const Tensor xs = autocast_active() ? autocast_to_f32(x) : x;
+  return sum_impl("sum", xs, normalize_dims("sum", dims, xs.dim()), keepdim, false);
 }
 
 Tensor mean(const Tensor& x) {
   check_defined("mean", x);
-  return sum_impl("mean", x, all_dims(x.dim()), false, true);
+  const Tensor xs = autocast_active() ? autocast_to_f32(x) : x;
+  return sum_impl("mean", xs, all_dims(xs.dim()), false, true);
 }
 
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   check_defined("mean", x);
-  return sum_impl("mean", x, normalize_dims("mean", dims, x.dim()), keepdim, true);
+  const Tensor xs = autocast_active() ? autocast_to_f32(x) : x;
+  return sum_impl("mean", xs, normalize_dims("mean", dims, xs.dim()), keepdim, true);
 }
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
