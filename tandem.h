@@ -13,6 +13,7 @@
 #include "tandem/config.h"
 
 #include "layers/activation.h"
+#include "layers/checkpoint.h"
 #include "layers/conv.h"
 #include "layers/dropout.h"
 #include "layers/embedding.h"

@@ -20,7 +20,12 @@ thread_local bool t_grad_enabled = true;
 struct GraphTask {
   std::vector<std::function<void()>> callbacks;
 };
+// The innermost backward running on this thread, and the outermost one. A backward
+// started from inside a node (activation checkpointing's recomputation) is nested in
+// another; queued callbacks belong to the outermost, so end-of-backward work (DDP's
+// finalisation) waits for the whole pass, not for the nested one.
 thread_local GraphTask* t_current_task = nullptr;
+thread_local GraphTask* t_outermost_task = nullptr;
 
 // Leaves accumulate as soon as they are ready (DDP's hooks fire from there), so
 // AccumulateGrad outranks every other node, as in PyTorch.
@@ -137,20 +142,27 @@ void alias_with_history(Tensor& target, const Tensor& source) {
 bool in_backward() { return t_current_task != nullptr; }
 
 void queue_callback(std::function<void()> callback) {
-  if (!t_current_task)
+  if (!t_outermost_task)
     throw std::logic_error("[queue_callback] called outside a backward pass; call it from a gradient hook");
-  t_current_task->callbacks.push_back(std::move(callback));
+  t_outermost_task->callbacks.push_back(std::move(callback));
 }
 
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots, bool retain_graph) {
+void backward(std::vector<Tensor> roots, std::vector<Tensor> grad_roots, bool retain_graph) {
   if (!grad_roots.empty() && grad_roots.size() != roots.size())
     throw std::invalid_argument("[backward] expected one gradient per root (" + std::to_string(roots.size()) +
                                 "), got " + std::to_string(grad_roots.size()));
   GraphTask task;
   struct TaskScope {
     GraphTask* previous;
-    explicit TaskScope(GraphTask* t) : previous(t_current_task) { t_current_task = t; }
-    ~TaskScope() { t_current_task = previous; }
+    bool outermost;
+    explicit TaskScope(GraphTask* t) : previous(t_current_task), outermost(t_outermost_task == nullptr) {
+      t_current_task = t;
+      if (outermost) t_outermost_task = t;
+    }
+    ~TaskScope() {
+      t_current_task = previous;
+      if (outermost) t_outermost_task = nullptr;
+    }
   } scope(&task);
   GradModeGuard no_grad(false);
 
@@ -177,6 +189,10 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_
     Edge e = root.grad_fn() ? Edge{root.grad_fn(), root.output_nr()} : Edge{grad_accumulator(root), 0};
     seeds.emplace_back(std::move(e), std::move(g));
   }
+  // The seeds hold what the pass needs; from here on the roots' data and the seed
+  // gradients live only as long as the graph and the gradient buffers use them.
+  roots.clear();
+  grad_roots.clear();
 
   // Count, for every reachable node, how many edges lead into it.
   std::unordered_map<Node*, int> dependencies;
@@ -256,7 +272,8 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_
     }
   }
 
-  // Callbacks may queue more callbacks, so index rather than iterate.
+  // Only the outermost backward holds callbacks (see t_outermost_task). They may
+  // queue more callbacks, so index rather than iterate.
   for (size_t i = 0; i < task.callbacks.size(); ++i) {
     auto cb = std::move(task.callbacks[i]);
     cb();

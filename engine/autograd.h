@@ -132,13 +132,17 @@ void alias_with_history(Tensor& target, const Tensor& source);
 // ---- running -----------------------------------------------------------------------------
 
 /// Back-propagates from `roots`. A root without a seed gradient must hold exactly one
-/// element (the seed is then 1).
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots = {},
-              bool retain_graph = false);
+/// element (the seed is then 1). The vectors are taken by value and dropped once the
+/// pass is seeded: a caller that moves them in (activation checkpointing's nested
+/// backward) lets the roots and seeds be freed as the pass goes, not at its end.
+void backward(std::vector<Tensor> roots, std::vector<Tensor> grad_roots = {}, bool retain_graph = false);
 
 /// Queues `callback` to run once the current backward pass has finished every node
 /// (DDP finalises gradients here). Callable only from inside a backward pass, e.g.
-/// from a post-accumulate hook; callbacks may queue further callbacks.
+/// from a post-accumulate hook; callbacks may queue further callbacks. When backward
+/// passes are nested on this thread (a node whose rule runs backward() itself, as
+/// activation checkpointing's recomputation does), the callback attaches to the
+/// OUTERMOST one: it runs after the whole pass, never at the end of a nested one.
 void queue_callback(std::function<void()> callback);
 
 /// True while this thread is running a backward pass.

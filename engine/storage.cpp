@@ -141,6 +141,8 @@ HostMemoryStats host_memory_stats() {
           static_cast<int64_t>(cache.cached_bytes)};
 }
 
+void reset_host_peak_memory_stats() { g_host_peak.store(g_host_allocated.load()); }
+
 void host_empty_cache() {
   HostCache& cache = host_cache();
   std::lock_guard<std::mutex> lock(cache.mutex);

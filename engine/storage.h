@@ -50,6 +50,8 @@ struct HostMemoryStats {
   int64_t cached_bytes = 0;
 };
 HostMemoryStats host_memory_stats();
+/// Restarts the host peak from the bytes allocated now (as cuda::reset_peak_memory_stats).
+void reset_host_peak_memory_stats();
 /// Returns the host blocks kept for reuse to the system.
 void host_empty_cache();
 

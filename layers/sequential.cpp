@@ -1,7 +1,11 @@
 // Sequential container.
 #include "layers/sequential.h"
 
+#include <algorithm>
+#include <stdexcept>
 #include <string>
+
+#include "layers/checkpoint.h"
 
 namespace tandem::nn {
 
@@ -16,8 +20,35 @@ void Sequential::push_back(std::shared_ptr<Module> module) {
 
 Tensor Sequential::forward(const Tensor& input) {
   Tensor x = input;
-  for (const auto& m : modules_) x = m->forward(x);
+  for (const auto& m : segments_.empty() ? modules_ : segments_) x = m->forward(x);
   return x;
+}
+
+void Sequential::set_checkpoint_segments(int64_t segments) {
+  if (segments < 0)
+    throw std::invalid_argument("[Sequential] checkpoint segments: expected >= 0, got " + std::to_string(segments));
+  segments_.clear();
+  const auto n = static_cast<int64_t>(modules_.size());
+  segments = std::min(segments, n);
+  int64_t start = 0;
+  for (int64_t s = 0; s < segments; ++s) {
+    // Sizes n/segments, the first n % segments of them one larger.
+    const int64_t len = n / segments + (s < n % segments ? 1 : 0);
+    auto group = std::make_shared<Sequential>();
+    for (int64_t i = start; i < start + len; ++i) group->push_back(modules_[static_cast<size_t>(i)]);
+    start += len;
+    // The last segment runs plainly: backward needs its activations first, so
+    // recomputing them would save nothing.
+    std::shared_ptr<Module> segment = group;
+    if (s + 1 < segments) segment = std::make_shared<Checkpointed>(group);
+    segment->train(is_training());
+    segments_.push_back(std::move(segment));
+  }
+}
+
+void Sequential::train(bool on) {
+  Module::train(on);
+  for (const auto& s : segments_) s->train(on);
 }
 
 std::shared_ptr<Module> Sequential::clone() const {

@@ -1,6 +1,7 @@
 // Sequential: children "0", "1", ... applied in order, each to the previous output.
 #pragma once
 
+#include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <vector>
@@ -21,6 +22,18 @@ class Sequential : public Module {
   std::string name() const override { return "Sequential"; }
   std::shared_ptr<Module> clone() const override;
 
+  /// Runs the layers as `segments` contiguous groups of nearly equal size, each but the
+  /// last checkpointed (nn::Checkpointed), as torch.utils.checkpoint.checkpoint_sequential:
+  /// forward keeps only the groups' inputs and backward recomputes each group. The last
+  /// group runs plainly (backward needs its activations first, so recomputing them would
+  /// save nothing). With n layers the memory kept is least near sqrt(n) segments. 0 (or
+  /// 1) turns it off; more segments than layers gives one per layer. Names, parameters
+  /// and the state dict do not change, and parents holding this Sequential see it.
+  void set_checkpoint_segments(int64_t segments);
+  int64_t checkpoint_segments() const { return static_cast<int64_t>(segments_.size()); }
+  /// Sets the mode of the layers and of the checkpointed groups.
+  void train(bool on = true) override;
+
   size_t size() const { return modules_.size(); }
   const std::shared_ptr<Module>& operator[](size_t i) const { return modules_.at(i); }
   auto begin() const { return modules_.begin(); }
@@ -28,6 +41,8 @@ class Sequential : public Module {
 
  private:
   std::vector<std::shared_ptr<Module>> modules_;
+  // Checkpointed groups of modules_ (the same layer objects), run instead when set.
+  std::vector<std::shared_ptr<Module>> segments_;
 };
 
 }  // namespace tandem::nn
