@@ -23,6 +23,7 @@
 #include "comm/spawn.h"
 #include "comm/sync_batchnorm.h"
 #include "tandem.h"
+#include "train/trainer.h"
 
 using namespace tandem;
 
@@ -60,6 +61,17 @@ struct Config {
   bool static_graph = false;
   bool no_broadcast_buffers = false;
   std::string scale_lr = "none";
+  // Precision, accumulation, activation checkpointing.
+  std::string precision = "fp32";
+  int64_t accumulate = 1;
+  bool grad_checkpoint = false;
+  // Checkpoints and logs.
+  std::string checkpoint_dir;
+  int64_t checkpoint_every = 0;
+  int keep_last = 3;
+  std::string resume;
+  std::string metrics_csv;
+  int64_t metrics_every_steps = 0;
 };
 
 // Set by a spawning tandem-train in its workers: "1" when its stderr is a terminal,
@@ -173,40 +185,6 @@ std::shared_ptr<nn::Module> make_model(const Config& cfg, const Shape& input) {
   return std::make_shared<nn::models::ResNet18>(nn::models::ResNetOptions{.in_channels = channels});
 }
 
-std::unique_ptr<optim::Optimizer> make_optimizer(const Config& cfg, const std::vector<Tensor>& params) {
-  if (cfg.optimizer == "adam")
-    return std::make_unique<optim::Adam>(params, optim::AdamOptions{.lr = cfg.lr.value_or(1e-3),
-                                                                    .weight_decay = cfg.weight_decay.value_or(0.0)});
-  if (cfg.optimizer == "adamw")
-    return std::make_unique<optim::AdamW>(params, optim::AdamWOptions{.lr = cfg.lr.value_or(1e-3),
-                                                                      .weight_decay = cfg.weight_decay.value_or(1e-2)});
-  return std::make_unique<optim::SGD>(params, optim::SGDOptions{.lr = cfg.lr.value_or(0.05),
-                                                                .momentum = cfg.momentum,
-                                                                .weight_decay = cfg.weight_decay.value_or(5e-4)});
-}
-
-// The schedule is stepped once per optimizer step; epoch-based settings are
-// converted to steps. Warm-up rises linearly from 10% of the lr.
-std::unique_ptr<optim::LRScheduler> make_schedule(const Config& cfg, optim::Optimizer& opt, int64_t steps_per_epoch) {
-  const int64_t total = cfg.epochs * steps_per_epoch;
-  const int64_t warmup = cfg.warmup_epochs > 0 ? cfg.warmup_epochs * steps_per_epoch : cfg.warmup_steps;
-  if (warmup >= total && cfg.schedule != "constant")
-    throw RunError("--warmup-epochs/--warmup-steps: the warm-up (" + std::to_string(warmup) +
-                       " steps) must be shorter than the run (" + std::to_string(total) + " steps)",
-                   2);
-  constexpr double kWarmupStart = 0.1;
-  std::unique_ptr<optim::LRScheduler> after;
-  if (cfg.schedule == "step") {
-    int64_t every = cfg.step_size > 0 ? cfg.step_size : std::max<int64_t>(1, cfg.epochs / 3);
-    after = std::make_unique<optim::StepLR>(opt, every * steps_per_epoch, cfg.gamma);
-  } else if (cfg.schedule == "cosine") {
-    after = std::make_unique<optim::CosineAnnealingLR>(opt, total - warmup);
-  }
-  if (warmup == 0) return after;
-  if (!after) return std::make_unique<optim::LinearWarmup>(opt, kWarmupStart, warmup);
-  return std::make_unique<optim::WarmupThen>(opt, kWarmupStart, warmup, std::move(after));
-}
-
 // How the run is laid out, decided from the flags (and the launcher's environment)
 // before any data is loaded.
 struct Plan {
@@ -233,155 +211,108 @@ struct RankContext {
   Device device;
 };
 
-// This rank's sums of loss and correct predictions over its share of a split; with a
-// DistributedSampler in evaluation mode the shares cover the split exactly once, so
-// the all-reduced sums are those of the whole split.
-comm::MetricSums evaluate(nn::Module& model, data::DataLoader& loader) {
-  autograd::NoGradGuard no_grad;
-  model.eval();
-  Device device = loader.options().device;
-  Tensor loss_sum = zeros({}, {.device = device});
-  Tensor correct = zeros({}, {.dtype = DType::kI64, .device = device});
-  int64_t count = 0;
-  for (data::Batch& batch : loader) {
-    Tensor logits = model(batch.input);
-    loss_sum = loss_sum + cross_entropy(logits, batch.target, {.reduction = Reduction::kSum});
-    correct = correct + sum(eq(argmax(logits, 1), batch.target));
-    count += batch.target.numel();
+// The Trainer's configuration for this rank from the flags and the plan.
+train::TrainerConfig trainer_config(const Config& cfg, const Plan& plan, const RankContext& ctx, int64_t train_size) {
+  train::TrainerConfig t;
+  t.epochs = cfg.epochs;
+  t.batch_size = cfg.batch_size;
+  t.val_batch_size = 1000;
+  t.accumulate = cfg.accumulate;
+  t.grad_checkpoint = cfg.grad_checkpoint;
+  t.seed = cfg.seed;
+  auto& s = t.strategy;
+  s.mode = plan.strategy;
+  if (plan.strategy == "dp") {
+    s.devices = plan.dp_devices;
+  } else {
+    s.devices = {ctx.device};
   }
-  model.train();
-  return {loss_sum.item(), static_cast<int64_t>(correct.item()), count};
+  s.sync_bn = cfg.sync_bn;
+  s.ddp.find_unused_parameters = cfg.find_unused_parameters;
+  s.ddp.static_graph = cfg.static_graph;
+  s.ddp.broadcast_buffers = !cfg.no_broadcast_buffers;
+  if (cfg.bucket_cap_mb) s.ddp.bucket_cap_mb = *cfg.bucket_cap_mb;
+  t.precision.use_amp = cfg.precision != "fp32";
+  t.precision.amp_dtype = cfg.precision == "fp16" ? DType::kF16 : DType::kBF16;
+  auto& o = t.optimizer;
+  o.name = cfg.optimizer;
+  o.lr = cfg.lr.value_or(cfg.optimizer == "sgd" ? 0.05 : 1e-3);
+  o.momentum = cfg.momentum;
+  o.weight_decay = cfg.weight_decay.value_or(cfg.optimizer == "sgd" ? 5e-4 : cfg.optimizer == "adam" ? 0.0 : 1e-2);
+  o.clip_grad_norm = cfg.clip_grad_norm;
+  // Optimizer steps per epoch, for epoch-based settings.
+  const int64_t shard = plan.strategy == "ddp" ? (train_size + ctx.world_size - 1) / ctx.world_size : train_size;
+  const int64_t steps_per_epoch = ((shard + cfg.batch_size - 1) / cfg.batch_size + cfg.accumulate - 1) / cfg.accumulate;
+  auto& sc = t.schedule;
+  sc.name = cfg.schedule;
+  sc.warmup_steps = cfg.warmup_epochs > 0 ? cfg.warmup_epochs * steps_per_epoch : cfg.warmup_steps;
+  sc.step_size_epochs = cfg.step_size > 0 ? cfg.step_size : std::max<int64_t>(1, cfg.epochs / 3);
+  sc.gamma = cfg.gamma;
+  sc.scale_lr_linear = cfg.scale_lr == "linear";
+  if (sc.warmup_steps >= cfg.epochs * steps_per_epoch && cfg.schedule != "constant")
+    throw RunError("--warmup-epochs/--warmup-steps: the warm-up (" + std::to_string(sc.warmup_steps) +
+                       " steps) must be shorter than the run (" + std::to_string(cfg.epochs * steps_per_epoch) +
+                       " steps)",
+                   2);
+  auto& k = t.checkpoint;
+  k.dir = cfg.checkpoint_dir;
+  k.every_steps = cfg.checkpoint_every;
+  k.keep_last = cfg.keep_last;
+  k.resume = cfg.resume;
+  if (k.dir.empty()) k.best_metric = "";
+  auto& l = t.logging;
+  l.jsonl = cfg.metrics;
+  l.csv = cfg.metrics_csv;
+  l.log_every_steps = cfg.metrics_every_steps;
+  l.progress_every = cfg.log_every;
+  if (const char* term = std::getenv(kTerminalVar)) l.terminal = std::string(term) == "1";
+  return t;
 }
 
-// Trains `model` as one rank of `plan` (the only rank for single and dp). Only rank 0
-// prints progress and the final JSON line. Throws RunError or any library error.
+// Trains `model` as one rank of `plan` (the only rank for single and dp) with the
+// Trainer. Only rank 0 prints progress and the final JSON line. Throws RunError or any
+// library error.
 void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::shared_ptr<nn::Module> model,
                 const RankContext& ctx) {
-  const bool is_ddp = plan.strategy == "ddp";
-  const bool is_dp = plan.strategy == "dp";
-  const bool reporting = ctx.rank == 0;
-  const Device device = ctx.device;
-
-  // ddp: every rank visits its own shard of one permutation per epoch (padded so all
-  // ranks take the same number of steps); the test split is cut exactly, without padding.
-  std::shared_ptr<const data::Sampler> train_sampler, test_sampler;
-  if (is_ddp) {
-    train_sampler = std::make_shared<data::DistributedSampler>(
-        sets.train->size(), ctx.world_size, ctx.rank, data::DistributedSamplerOptions{.shuffle = true, .seed = cfg.seed});
-    test_sampler = std::make_shared<data::DistributedSampler>(
-        sets.test->size(), ctx.world_size, ctx.rank, data::DistributedSamplerOptions{.shuffle = false, .evaluation = true});
+  train::Trainer trainer(trainer_config(cfg, plan, ctx, sets.train->size()), model, sets.train, sets.test, ctx.group);
+  try {
+    trainer.fit();
+  } catch (const train::TrainingDiverged& e) {
+    throw RunError(e.what(), 3);
   }
-  data::DataLoader train_loader(sets.train, {.batch_size = cfg.batch_size, .shuffle = true, .seed = cfg.seed, .device = device},
-                                train_sampler);
-  data::DataLoader test_loader(sets.test, {.batch_size = 1000, .shuffle = false, .device = device}, test_sampler);
-
-  model->to(device);
-  std::shared_ptr<nn::Module> net = model;  // what the training step calls
-  if (is_ddp) {
-    if (cfg.sync_bn) {
-      int converted = 0;
-      comm::convert_sync_batchnorm(model, ctx.group, &converted);
-      if (converted == 0 && reporting)
-        std::fprintf(stderr, "tandem-train: note: --sync-bn: --model %s has no batch norm\n", cfg.model.c_str());
-    }
-    comm::DDPOptions options{.find_unused_parameters = cfg.find_unused_parameters,
-                             .broadcast_buffers = !cfg.no_broadcast_buffers,
-                             .static_graph = cfg.static_graph};
-    if (cfg.bucket_cap_mb) options.bucket_cap_mb = *cfg.bucket_cap_mb;
-    net = std::make_shared<comm::DistributedDataParallel>(model, ctx.group, options);
-  } else if (is_dp) {
-    net = std::make_shared<comm::DataParallel>(model, plan.dp_devices);
+  if (trainer.rank() != 0) return;
+  const auto& history = trainer.history();
+  const train::EpochMetrics& last = history.back();
+  double seconds = 0, samples = 0;
+  int64_t skipped = 0;
+  for (const auto& e : history) {
+    seconds += e.seconds;
+    samples += e.samples_per_s * e.seconds;
+    skipped += e.skipped_steps;
   }
-  // ddp evaluates the plain module: ranks' test shards may differ by a batch, and the
-  // wrapper's forward would take part in collectives (buffer broadcast).
-  nn::Module& eval_net = is_ddp ? *model : *net;
-
-  std::vector<Tensor> params = model->parameters();
-  Config scaled = cfg;
-  if (plan.lr_scale != 1) scaled.lr = optim::scaled_lr(cfg.lr.value_or(cfg.optimizer == "sgd" ? 0.05 : 1e-3), plan.lr_scale);
-  std::unique_ptr<optim::Optimizer> optimizer = make_optimizer(scaled, params);
-  std::unique_ptr<optim::LRScheduler> schedule = make_schedule(cfg, *optimizer, train_loader.num_batches());
-
-  std::optional<train::MetricsWriter> metrics;
-  if (reporting && !cfg.metrics.empty()) metrics.emplace(cfg.metrics);
-  // Spawned ranks write to a pipe; the parent says whether its stderr is a terminal.
-  std::optional<bool> terminal;
-  if (const char* t = std::getenv(kTerminalVar)) terminal = std::string(t) == "1";
-  train::Progress progress({.out = reporting ? stderr : nullptr, .log_every = cfg.log_every, .terminal = terminal});
-  // Reading the loss synchronises a GPU; read it every step on the CPU only.
-  const int64_t read_every = device.is_cuda() ? 20 : 1;
-
-  comm::MetricSums result;
-  double samples_per_s = 0, total_seconds = 0;
-  int64_t total_samples = 0;
-  // Samples per epoch over all ranks (ddp pads every rank's shard to the same size).
-  const int64_t epoch_samples = is_ddp ? train_sampler->size() * ctx.world_size : sets.train->size();
-  for (int64_t epoch = 0; epoch < cfg.epochs; ++epoch) {
-    progress.start_epoch(epoch, cfg.epochs, train_loader.num_batches());
-    int64_t step = 0;
-    double last_loss = NAN;
-    for (data::Batch& batch : train_loader) {
-      Tensor loss = cross_entropy((*net)(batch.input), batch.target);
-      optimizer->zero_grad();
-      loss.backward();
-      if (cfg.clip_grad_norm > 0) optim::clip_grad_norm(params, cfg.clip_grad_norm);
-      optimizer->step();
-      if (schedule) schedule->step();
-      ++step;
-      if (step % read_every == 0 || step == train_loader.num_batches()) {
-        last_loss = loss.item();
-        if (!std::isfinite(last_loss))
-          throw RunError("loss became " + std::to_string(last_loss) + " at epoch " + std::to_string(epoch + 1) +
-                             " step " + std::to_string(step) + "; try a lower --lr or --clip-grad-norm",
-                         3);
-      }
-      progress.update(step, last_loss, batch.target.numel() * (is_ddp ? ctx.world_size : 1));
-    }
-    if (device.is_cuda()) cuda::synchronize(device.index);
-    double seconds = progress.epoch_seconds();
-    samples_per_s = progress.samples_per_second();
-    total_seconds += seconds;
-    total_samples += epoch_samples;
-    // Every rank evaluates with rank 0's batch-norm statistics (its own were updated by
-    // its own last batch after the last broadcast).
-    if (is_ddp && !cfg.no_broadcast_buffers) static_cast<comm::DistributedDataParallel&>(*net).sync_buffers();
-    result = evaluate(eval_net, test_loader);
-    if (is_ddp) result = comm::all_reduce_metrics(*ctx.group, result, device);
-    if (!reporting) continue;
-    char summary[220];
-    std::snprintf(summary, sizeof(summary),
-                  "epoch %lld/%lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  lr %.3g  %.0f samples/s  %s",
-                  static_cast<long long>(epoch + 1), static_cast<long long>(cfg.epochs), last_loss, result.mean_loss(),
-                  result.accuracy(), optimizer->lr(), samples_per_s, train::format_duration(seconds).c_str());
-    progress.end_epoch(summary);
-    if (metrics) {
-      metrics->write({{"epoch", epoch + 1},
-                      {"train_loss", last_loss},
-                      {"test_loss", result.mean_loss()},
-                      {"test_acc", result.accuracy()},
-                      {"lr", optimizer->lr()},
-                      {"samples_per_s", samples_per_s},
-                      {"epoch_seconds", seconds}});
-    }
-  }
-  if (!reporting) return;
   std::printf("%s\n", train::to_json({{"model", cfg.model},
                                       {"dataset", cfg.dataset},
                                       {"epochs", cfg.epochs},
                                       {"strategy", plan.strategy},
-                                      {"world_size", static_cast<int64_t>(ctx.world_size)},
+                                      {"world_size", static_cast<int64_t>(trainer.world_size())},
                                       {"backend", plan.backend},
                                       {"devices", static_cast<int64_t>(plan.devices)},
-                                      {"device", device.str()},
+                                      {"device", trainer.device().str()},
                                       {"batch_size", cfg.batch_size},
-                                      {"global_batch_size", plan.global_batch},
+                                      {"accumulate", cfg.accumulate},
+                                      {"global_batch_size", plan.global_batch * cfg.accumulate},
+                                      {"precision", cfg.precision},
+                                      {"grad_checkpoint", cfg.grad_checkpoint},
                                       {"optimizer", cfg.optimizer},
-                                      {"lr", optimizer->lr()},
+                                      {"lr", last.lr},
                                       {"schedule", cfg.schedule},
-                                      {"test_acc", result.accuracy()},
-                                      {"test_loss", result.mean_loss()},
-                                      {"test_samples", result.count},
-                                      {"train_samples_per_s", total_seconds > 0 ? total_samples / total_seconds : 0.0}})
+                                      {"test_acc", last.val_acc},
+                                      {"test_loss", last.val_loss},
+                                      {"test_samples", last.val_samples},
+                                      {"skipped_steps", skipped},
+                                      {"loss_scale", last.loss_scale},
+                                      {"resumed_from", trainer.resumed_from()},
+                                      {"train_samples_per_s", seconds > 0 ? samples / seconds : 0.0}})
                           .c_str());
   std::fflush(stdout);
 }
@@ -611,6 +542,43 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "linear"}))
       ->capture_default_str()
       ->group(multi);
+  const std::string amp = "Precision, accumulation, activation checkpointing";
+  app.add_option("--precision", cfg.precision,
+                 "fp32, or bf16/fp16 autocast (matrix products and convolutions in half precision, f32 master "
+                 "weights; fp16 also scales the loss dynamically and reports skipped steps)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str()
+      ->group(amp);
+  app.add_option("--accumulate", cfg.accumulate,
+                 "Micro-batches of --batch-size per optimizer step (the loss is divided by it; ddp reduces "
+                 "gradients once per step)")
+      ->check(kPositive)
+      ->capture_default_str()
+      ->group(amp);
+  app.add_flag("--grad-checkpoint", cfg.grad_checkpoint,
+               "Recompute activations in backward instead of keeping them (less memory, more compute)")
+      ->group(amp);
+  const std::string ck = "Checkpoints and logs";
+  app.add_option("--checkpoint-dir", cfg.checkpoint_dir,
+                 "Save the full training state here at every epoch end (ckpt-<step>.tck, and best.tck by test accuracy)")
+      ->group(ck);
+  app.add_option("--checkpoint-every", cfg.checkpoint_every, "Also save every N optimizer steps")
+      ->check(kPositive)
+      ->group(ck);
+  app.add_option("--keep-last", cfg.keep_last, "Step checkpoints kept (0: all)")
+      ->check(kNonNegative)
+      ->capture_default_str()
+      ->group(ck);
+  app.add_option("--resume", cfg.resume,
+                 "auto: continue from the newest checkpoint in --checkpoint-dir if there is one; or a checkpoint file")
+      ->group(ck);
+  app.add_option("--metrics-csv", cfg.metrics_csv,
+                 "Write metrics as CSV too (steps to this file, epochs to its -epochs twin)")
+      ->group(ck);
+  app.add_option("--metrics-every-steps", cfg.metrics_every_steps,
+                 "Also log a metrics record every N optimizer steps, with the step-time breakdown")
+      ->check(kPositive)
+      ->group(ck);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -621,6 +589,10 @@ int main(int argc, char** argv) {
     fail(what.empty() ? "invalid arguments" : what);
   }
   if (cfg.optimizer != "sgd" && app.count("--momentum") > 0) fail("--momentum applies to --optimizer sgd only");
+  if (cfg.resume == "auto" && cfg.checkpoint_dir.empty()) fail("--resume auto needs --checkpoint-dir");
+  if (!cfg.resume.empty() && cfg.resume != "auto" && !std::filesystem::is_regular_file(cfg.resume))
+    fail("--resume " + cfg.resume + ": no such checkpoint file");
+  if (cfg.checkpoint_every > 0 && cfg.checkpoint_dir.empty()) fail("--checkpoint-every needs --checkpoint-dir");
 
   Plan plan;
   try {

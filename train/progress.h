@@ -16,7 +16,7 @@ struct ProgressOptions {
   /// Steps between plain log lines (non-terminal output only).
   int64_t log_every = 100;
   /// Whether `out` is a terminal; detected with isatty when unset.
-  std::optional<bool> terminal;
+  std::optional<bool> terminal = std::nullopt;
 };
 
 class Progress {

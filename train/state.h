@@ -57,7 +57,7 @@ struct TrainingObjects {
     std::function<nlohmann::json()> save;
     std::function<void(const nlohmann::json&)> load;
   };
-  std::vector<Extra> extras;
+  std::vector<Extra> extras = {};
 
   /// The CPU and every visible CUDA device.
   static std::vector<Device> default_rng_devices();
