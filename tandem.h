@@ -53,6 +53,9 @@
 #include "comm/sync_batchnorm.h"
 
 #include "train/checkpoint.h"
+#include "train/gpu_monitor.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/safetensors.h"
+#include "train/state.h"
+#include "train/trainer.h"
