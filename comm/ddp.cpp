@@ -23,6 +23,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double clock_seconds(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
 
 constexpr double kMiB = 1024.0 * 1024.0;
 // Shape descriptors exchanged at construction: dtype, rank, then up to this many extents.
@@ -332,6 +333,7 @@ class DistributedDataParallel::Reducer {
       Bucket& b = buckets_[static_cast<size_t>(next_launch_)];
       // Averaging over one rank changes nothing: skip the collective, keep the rest.
       if (group_.size() > 1) b.work = group_.all_reduce(b.buffer, ReduceOp::kAvg);
+      b.ready_time = Clock::now();
       b.launched_in_backward = !finalizing_;
       if (b.launched_in_backward) ++launched_during_backward_;
       ++next_launch_;
@@ -342,7 +344,10 @@ class DistributedDataParallel::Reducer {
   void finalize() {
     armed_ = false;
     stats_ = {};
+    const auto backward_end = Clock::now();
     stats_.backward_reduce_window_s = seconds_since(backward_start_);
+    stats_.first_hook_s = clock_seconds(backward_start_);
+    stats_.backward_end_s = clock_seconds(backward_end);
     if (options_.static_graph && iteration_ == 1) {
       // Learn the per-parameter arrival counts, then reduce everything now.
       for (size_t k = 0; k < params_.size(); ++k) expected_hooks_[k] = std::max<int64_t>(1, hook_count_[k]);
@@ -378,8 +383,10 @@ class DistributedDataParallel::Reducer {
     }
 
     const auto wait_start = Clock::now();
-    for (Bucket& b : buckets_)
+    for (Bucket& b : buckets_) {
       if (b.work) b.work->wait();
+      b.done_time = b.work ? Clock::now() : b.ready_time;
+    }
     std::vector<float> global_used;
     if (global_used_.defined()) {
       if (used_work_) used_work_->wait();
@@ -391,6 +398,11 @@ class DistributedDataParallel::Reducer {
     stats_.exposed_comm_s = seconds_since(wait_start);
     stats_.buckets = static_cast<int>(buckets_.size());
     stats_.buckets_launched_during_backward = launched_during_backward_;
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      const Bucket& b = buckets_[i];
+      stats_.timeline.push_back({static_cast<int>(i), static_cast<size_t>(b.numel) * dtype_size(b.dtype),
+                                 clock_seconds(b.ready_time), clock_seconds(b.done_time)});
+    }
 
     autograd::NoGradGuard no_grad;
     std::vector<char> locally_unused(params_.size(), 0);
@@ -440,6 +452,7 @@ class DistributedDataParallel::Reducer {
     int64_t pending = 0;
     WorkPtr work;
     bool launched_in_backward = false;
+    Clock::time_point ready_time, done_time;
   };
 
   ProcessGroup& group_;

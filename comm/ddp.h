@@ -44,6 +44,19 @@ struct BucketInfo {
   Device device = Device::cpu();
 };
 
+/// One bucket's timeline in the last synchronised backward, in seconds on the host's
+/// steady clock (std::chrono::steady_clock's epoch), for benchmarks and the scaling model.
+struct BucketTiming {
+  int bucket = 0;
+  size_t nbytes = 0;
+  /// When its last gradient arrived and its all-reduce was launched (at world size 1,
+  /// when it would have been).
+  double ready_s = 0.0;
+  /// When waiting for its all-reduce returned at the end of backward (ready_s at world
+  /// size 1): an upper bound on the collective's completion.
+  double done_s = 0.0;
+};
+
 /// Timings of the last synchronised iteration, for benchmarks (host wall clock).
 struct DDPIterationStats {
   /// From the first gradient hook to the end-of-backward finalisation.
@@ -53,6 +66,11 @@ struct DDPIterationStats {
   /// Buckets whose all-reduce was launched before backward finished, and all buckets.
   int buckets_launched_during_backward = 0;
   int buckets = 0;
+  /// Steady-clock seconds of the first gradient hook and of the end of backward (when
+  /// finalisation started), and every bucket's timeline in launch order.
+  double first_hook_s = 0.0;
+  double backward_end_s = 0.0;
+  std::vector<BucketTiming> timeline;
 };
 
 class DistributedDataParallel : public nn::Module {

@@ -292,8 +292,20 @@ TEST(DDPOverlap, FirstAllReduceIsLaunchedBeforeBackwardReachesTheFirstLayer) {
     // goes once its bias has arrived too.
     EXPECT_GE(std::count_if(log.begin(), first_layer, [](const std::string& s) { return s.rfind("all_reduce", 0) == 0; }), 3)
         << "rank " << r;
-    EXPECT_EQ(stats[static_cast<size_t>(r)].buckets, 4);
-    EXPECT_EQ(stats[static_cast<size_t>(r)].buckets_launched_during_backward, 4);
+    const DDPIterationStats& s = stats[static_cast<size_t>(r)];
+    EXPECT_EQ(s.buckets, 4);
+    EXPECT_EQ(s.buckets_launched_during_backward, 4);
+    // The timeline: buckets in launch order, each ready within backward, done after ready.
+    ASSERT_EQ(s.timeline.size(), 4u);
+    for (size_t b = 0; b < 4; ++b) {
+      EXPECT_EQ(s.timeline[b].nbytes, 1088u);
+      EXPECT_GE(s.timeline[b].ready_s, s.first_hook_s);
+      EXPECT_LE(s.timeline[b].ready_s, s.backward_end_s);
+      EXPECT_GE(s.timeline[b].done_s, s.timeline[b].ready_s);
+      if (b > 0) {
+        EXPECT_GE(s.timeline[b].ready_s, s.timeline[b - 1].ready_s);
+      }
+    }
   }
 }
 
