@@ -49,4 +49,18 @@ if(TARGET tandem-train)
     COMMAND sh -c "d=\"$1\"; shift; rm -rf \"$d\" && mkdir -p \"$d\" && \"$0\" \"$@\" --epochs 1 --metrics \"$d/m.jsonl\" --metrics-csv \"$d/m.csv\" --metrics-every-steps 4 >/dev/null 2>&1 && grep -q '^kind,step,epoch,loss,lr,loss_scale,samples_per_s,data_ms,forward_ms,backward_ms,comm_ms,optimizer_ms' \"$d/m.csv\" && grep -q '^kind,epoch,step,train_loss,val_loss,val_acc' \"$d/m-epochs.csv\" && grep -q '\"kind\":\"epoch\"' \"$d/m.jsonl\""
       ${tt} ${work}/metrics ${syn})
   set_tests_properties(tandem_train_metrics_csv PROPERTIES LABELS "cpu;app")
+
+  # Issue 6 acceptance on Fashion-MNIST (2 epochs of the CNN, about 1-2 minutes each
+  # on 2 cores): bf16 and fp16 (with the loss scaler) within 0.5 points of fp32, and 4
+  # accumulated micro-batches of 32 within 0.5 points of batches of 128.
+  set(fmnist --model cnn --epochs 2 --device cpu --data ${TANDEM_FASHION_MNIST_DIR})
+  foreach(variant "bf16|--precision bf16" "fp16|--precision fp16" "accumulate|--accumulate 4 --batch-size 32")
+    string(REPLACE "|" ";" parts "${variant}")
+    list(GET parts 0 name)
+    list(GET parts 1 flags)
+    separate_arguments(flags)
+    add_test(NAME tandem_train_${name}_matches_fp32_cnn_fashion_mnist
+      COMMAND ${compare} 0.5 -- ${tt} ${fmnist} -- ${tt} ${fmnist} ${flags})
+    set_tests_properties(tandem_train_${name}_matches_fp32_cnn_fashion_mnist PROPERTIES LABELS "cpu;app;slow" TIMEOUT 900)
+  endforeach()
 endif()
