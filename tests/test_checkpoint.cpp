@@ -1,8 +1,15 @@
 // The checkpoint file format: round trips of every dtype and shape with metadata, the
 // layout docs/CHECKPOINT.md promises (magic, version, aligned offsets), and a clear
 // error naming the file and the tensor for each kind of damage; saves are atomic.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
+#include <thread>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -241,6 +248,50 @@ TEST_F(CheckpointDamage, ForgedHeaderWithBadEntriesIsRejected) {
   expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry"});
   forge([](nlohmann::json& h) { h["tensors"][0]["shape"] = {-3, 5}; });
   expect_error([&] { load_checkpoint(path_); }, {"'model.weight'", "negative extent"});
+}
+
+TEST(Checkpoint, SaveKilledAtRandomPointsAlwaysLeavesALoadableCheckpoint) {
+  // A child process saves a 48 MiB checkpoint over the same path again and again; the
+  // parent kills it with SIGKILL at pseudo-random moments. Whatever the moment, the
+  // path must hold a complete checkpoint: the first one, or one of the rewrites.
+  TempDir dir;
+  const auto path = dir.path() / "ck.tck";
+  NamedTensors first = {{"w", tandem::testing::random_tensor({1 << 20}, 1, DType::kF32)},
+                        {"generation", Tensor::from_vector(std::vector<int64_t>{0}, {1})}};
+  save_checkpoint(path, first);
+  uint64_t lcg = 12345;
+  int rewrites_seen = 0;
+  for (int round = 0; round < 12; ++round) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      NamedTensors big = {{"w", Tensor::empty({12 << 20})},
+                          {"generation", Tensor::from_vector(std::vector<int64_t>{1}, {1})}};
+      big[0].second.fill_(0.5);
+      for (;;) save_checkpoint(path, big);
+    }
+    lcg = lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+    std::this_thread::sleep_for(std::chrono::microseconds(1000 + (lcg >> 33) % 150000));
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the saver should have been killed";
+    Checkpoint c = load_checkpoint(path);  // throws if torn
+    const int64_t generation = c.at("generation").to_vector<int64_t>()[0];
+    EXPECT_EQ(c.at("w").numel(), generation == 0 ? (1 << 20) : (12 << 20)) << "round " << round;
+    rewrites_seen += generation == 1;
+  }
+  // Temporary files of killed saves remain (each round's pid differs): they show the
+  // kills landed mid-write, and they never replaced the checkpoint.
+  int torn = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_TRUE(name == "ck.tck" || name.rfind("ck.tck.tmp.", 0) == 0) << name;
+    torn += name != "ck.tck";
+  }
+  std::cout << "[ kills ] " << torn << " of 12 landed inside a write; " << rewrites_seen
+            << " loads saw a completed rewrite\n";
+  EXPECT_GT(torn, 0) << "no kill landed inside a write: the test did not test anything";
 }
 
 TEST(CheckpointFiles, MissingFileIsNamed) {
