@@ -278,6 +278,10 @@ TEST(Trainer, ConfigurationErrorsNameTheOption) {
   expect([](TrainerConfig& c) { c.schedule.name = "cosine"; c.schedule.warmup_steps = 100; },
          {"schedule.warmup_steps", "16 optimizer steps", "got 100"});
   expect([](TrainerConfig& c) { c.checkpoint.resume = "auto"; }, {"checkpoint.dir", "got \"\""});
+  TempDir used;
+  tandem::testing::write_raw(used.path() / "ckpt-12.tck", {});
+  expect([&](TrainerConfig& c) { c.checkpoint.dir = used.path().string(); },
+         {"checkpoint.dir", "without checkpoints for a new run", "resume \"auto\" continues", "holding ckpt-12.tck"});
   expect([](TrainerConfig& c) { c.precision.use_amp = true; c.precision.amp_dtype = DType::kF64; },
          {"precision.amp_dtype", "float64"});
   tandem::testing::expect_invalid([&] { Trainer(base_config(), nullptr, train, val); }, {"model", "null"});

@@ -335,6 +335,15 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
     auto found = list_checkpoints(config_.checkpoint.dir);
     from = found.empty() ? "" : found.back().string();
   }
+  if (from.empty() && config_.checkpoint.resume.empty() && !config_.checkpoint.dir.empty()) {
+    // A new run must not mix its checkpoints with another run's (keep_last would then
+    // prune by step across both runs).
+    auto existing = list_checkpoints(config_.checkpoint.dir);
+    if (!existing.empty())
+      bad("checkpoint.dir", "a directory without checkpoints for a new run (resume \"auto\" continues the run in " +
+                                config_.checkpoint.dir + ")",
+          "one holding " + existing.back().filename().string());
+  }
   if (!from.empty()) {
     TrainingObjects objects{.model = model_.get(), .optimizer = m.optimizer.get(), .scheduler = m.schedule.get(),
                             .loader = m.train_loader.get()};
