@@ -1,11 +1,16 @@
 // tandem-compare: the Tandem side of bench/compare_pytorch. Trains the MLP or the CNN
-// (Fashion-MNIST) or ResNet-18 (synthetic 3x32x32) with SGD through the public API and
-// prints one JSON line: samples/s, test accuracy, and with --breakdown where the time went.
+// (Fashion-MNIST) or ResNet-18 (synthetic 3x32x32) with SGD through the public API, in
+// f32 or mixed precision (--precision) and optionally with activation checkpointing, and
+// prints one JSON line: samples/s, test accuracy, peak memory, and with --breakdown where
+// the time went.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -14,16 +19,19 @@
 #include "data/dataloader.h"
 #include "data/fashion_mnist.h"
 #include "data/synthetic.h"
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/nn.h"
 #include "engine/ops/reduce.h"
 #include "engine/random.h"
+#include "engine/storage.h"
 #include "layers/models/cnn.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
 #include "layers/sequential.h"
+#include "optim/grad_scaler.h"
 #include "optim/sgd.h"
 
 namespace {
@@ -74,14 +82,58 @@ class PhaseTimer {
   std::map<std::string, double> ms_;
 };
 
+// Bytes held by tensors on `device` now and at their peak since the last reset: the
+// caching allocator's statistics on CUDA, the host allocator's on the CPU.
+struct MemoryReading {
+  int64_t allocated = 0;
+  int64_t peak = 0;
+};
+MemoryReading read_memory(Device device) {
+  if (device.is_cuda()) {
+    const cuda::MemoryStats stats = cuda::memory_stats(device.index);
+    return {stats.allocated_bytes, stats.peak_allocated_bytes};
+  }
+  const HostMemoryStats stats = host_memory_stats();
+  return {stats.allocated_bytes, stats.peak_allocated_bytes};
+}
+void reset_peak_memory(Device device) {
+  if (device.is_cuda()) {
+    cuda::reset_peak_memory_stats(device.index);
+  } else {
+    reset_host_peak_memory_stats();
+  }
+}
+
+// Turns on activation checkpointing as tandem-train --grad-checkpoint does (the same
+// rule as enable_grad_checkpointing in train/trainer.cpp): a Sequential model (MLP, CNN)
+// in about sqrt(L) segments of its L layers, else every Sequential child (ResNet-18's
+// four stages) with one segment per block. Returns the number of segments set.
+int64_t enable_grad_checkpointing(nn::Module& model) {
+  if (auto* seq = dynamic_cast<nn::Sequential*>(&model)) {
+    const auto segments = std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(seq->size()))));
+    seq->set_checkpoint_segments(segments);
+    return seq->checkpoint_segments();
+  }
+  int64_t n = 0;
+  for (const auto& [name, child] : model.named_children()) {
+    if (auto* s = dynamic_cast<nn::Sequential*>(child.get())) {
+      s->set_checkpoint_segments(static_cast<int64_t>(s->size()));
+      n += s->checkpoint_segments();
+    }
+  }
+  return n;
+}
+
 // One training step of a Sequential model with each child's forward and backward timed
 // on its own: every child's input is a detached leaf that requires grad, and the
 // backward pass runs segment by segment from the loss down, passing each leaf's
 // gradient on. Only the first child skips its input gradient, exactly as in a normal
-// step, so the arithmetic is the same; the extra work is one detach per child.
+// step, so the arithmetic is the same; the extra work is one detach per child. Forward
+// and loss run under `autocast` and the loss is scaled by `scaler`, as in a normal step.
 Tensor sequential_step_by_layer(nn::Sequential& model, const data::Batch& batch, optim::SGD& optimizer,
-                                PhaseTimer& timer, std::vector<double>& forward_ms, std::vector<double>& backward_ms,
-                                Device device) {
+                                optim::GradScaler& scaler, std::optional<DType> autocast, PhaseTimer& timer,
+                                std::vector<double>& forward_ms, std::vector<double>& backward_ms, Device device) {
+  AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
   const size_t n = model.size();
   std::vector<Tensor> inputs(n), outputs(n);
   Tensor x = batch.input;
@@ -100,7 +152,7 @@ Tensor sequential_step_by_layer(nn::Sequential& model, const data::Batch& batch,
   timer.lap("loss");
   optimizer.zero_grad();
   timer.lap("zero_grad");
-  loss.backward();
+  scaler.scale(loss).backward();
   timer.lap("loss_backward");
   Tensor grad = logits.grad();
   for (size_t i = n; i-- > 0;) {
@@ -113,7 +165,8 @@ Tensor sequential_step_by_layer(nn::Sequential& model, const data::Batch& batch,
     if (i > 0) grad = inputs[i].grad();
   }
   timer.start();
-  optimizer.step();
+  scaler.step(optimizer);
+  scaler.update();
   timer.lap("step");
   return loss;
 }
@@ -133,6 +186,8 @@ int main(int argc, char** argv) {
   int64_t warmup_steps = -1;
   std::string breakdown = "none";
   int prefetch_depth = data::DataLoaderOptions{}.prefetch_depth;
+  std::string precision = "fp32";
+  bool grad_checkpoint = false;
   app.add_option("--model", model_name, "mlp, cnn (Fashion-MNIST) or resnet18 (3x32x32 synthetic images)")
       ->capture_default_str()
       ->check(CLI::IsMember({"mlp", "cnn", "resnet18"}));
@@ -158,6 +213,14 @@ int main(int argc, char** argv) {
                  "layers (phases, and forward/backward per child of a Sequential model: mlp, cnn)")
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "phases", "layers"}));
+  app.add_option("--precision", precision,
+                 "fp32; bf16 or fp16: forward and loss under AutocastGuard (f32 master weights), fp16 with "
+                 "optim::GradScaler dynamic loss scaling")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_flag("--grad-checkpoint", grad_checkpoint,
+               "activation checkpointing: mlp, cnn in round(sqrt(layers)) segments; resnet18 one segment per "
+               "block of each stage (the last segment of each Sequential is not recomputed)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -195,6 +258,17 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("[tandem-compare] expected --breakdown layers with a Sequential model (mlp, cnn), "
                                   "got " + model_name + "; use --breakdown phases");
     }
+    // Running the children one by one would bypass the checkpointed segments.
+    if (breakdown == "layers" && grad_checkpoint) {
+      throw std::invalid_argument("[tandem-compare] expected --breakdown none or phases with --grad-checkpoint, "
+                                  "got layers (it runs each child on its own, past the checkpointed segments)");
+    }
+    const int64_t checkpoint_segments = grad_checkpoint ? enable_grad_checkpointing(*model) : 0;
+    std::optional<DType> autocast;
+    if (precision == "bf16") autocast = DType::kBF16;
+    if (precision == "fp16") autocast = DType::kF16;
+    // Disabled for fp32 and bf16: scale() returns the loss and step() just steps.
+    optim::GradScaler scaler({.enabled = precision == "fp16"});
     optim::SGD optimizer(model->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4});
     data::DataLoader loader(
         train_set,
@@ -207,7 +281,12 @@ int main(int argc, char** argv) {
     // The timed region is the training loop itself: the loader's per-batch gather (and
     // host-to-device copy), forward, backward and the optimizer step. Warm-up steps
     // (first-touch allocations, the allocator's cache) run before it starts.
+    // Peak memory covers every training step, warm-up included, from the bytes held
+    // before the first one (data set, parameters): gradients, optimizer state,
+    // activations and batches all count toward it.
     synchronize(device);
+    reset_peak_memory(device);
+    const MemoryReading memory_before = read_memory(device);
     auto train_start = Clock::now();
     int64_t samples = 0, batches = 0, seen = 0;
     Tensor last_loss;
@@ -220,19 +299,23 @@ int main(int argc, char** argv) {
         if (time_phases) timer.lap("loader");
         Tensor loss;
         if (breakdown == "layers" && timed) {
-          loss = sequential_step_by_layer(*sequential, batch, optimizer, timer, layer_forward_ms, layer_backward_ms,
-                                          device);
+          loss = sequential_step_by_layer(*sequential, batch, optimizer, scaler, autocast, timer, layer_forward_ms,
+                                          layer_backward_ms, device);
         } else {
           timer.start();
-          Tensor logits = (*model)(batch.input);
-          if (time_phases) timer.lap("forward");
-          loss = cross_entropy(logits, batch.target);
-          if (time_phases) timer.lap("loss");
+          {
+            AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
+            Tensor logits = (*model)(batch.input);
+            if (time_phases) timer.lap("forward");
+            loss = cross_entropy(logits, batch.target);
+            if (time_phases) timer.lap("loss");
+          }
           optimizer.zero_grad();
           if (time_phases) timer.lap("zero_grad");
-          loss.backward();
+          scaler.scale(loss).backward();
           if (time_phases) timer.lap("backward");
-          optimizer.step();
+          scaler.step(optimizer);
+          scaler.update();
           if (time_phases) timer.lap("step");
         }
         last_loss = loss.detach();
@@ -251,6 +334,7 @@ int main(int argc, char** argv) {
     }
     synchronize(device);
     const double train_s = seconds_since(train_start);
+    const MemoryReading memory_after = read_memory(device);
 
     nlohmann::json result = {
         {"framework", "tandem"},
@@ -266,6 +350,15 @@ int main(int argc, char** argv) {
         {"load_seconds", load_s},
         {"final_loss", last_loss.item()},
         {"prefetch_depth", prefetch_depth},
+        {"precision", precision},
+        {"grad_checkpoint", grad_checkpoint},
+        {"checkpoint_segments", checkpoint_segments},
+        {"skipped_steps", scaler.skipped_steps()},
+        {"peak_mem_bytes", memory_after.peak},
+        {"mem_before_bytes", memory_before.allocated},
+        {"peak_mem_delta_bytes", memory_after.peak - memory_before.allocated},
+        {"memory_source", device.is_cuda() ? "cuda::memory_stats peak_allocated_bytes"
+                                           : "host_memory_stats peak_allocated_bytes (Tandem host allocator)"},
         {"omp_num_threads", std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default"},
     };
     if (breakdown != "none") {

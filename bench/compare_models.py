@@ -19,9 +19,28 @@ line per loop variant:
 
 Only the training loop is timed (loader work included, data-set loading and warm-up
 steps excluded). --breakdown adds where the time went, as tandem-compare does.
+
+  --precision bf16|fp16   forward and loss under torch.autocast(device type, dtype); fp16
+                          with torch.cuda.amp.GradScaler. The CPU autocast of torch 1.13
+                          supports bf16 only: fp16 on the CPU prints an "unsupported" line.
+  --grad-checkpoint       activation checkpointing with the segments tandem-compare uses:
+                          mlp, cnn in round(sqrt(layers)) segments of the nn.Sequential;
+                          resnet18 each stage (layer1..4) in one segment per block; the
+                          last segment of each is not recomputed, as checkpoint_sequential.
+
+Peak memory: on CUDA torch.cuda.max_memory_allocated over every training step (warm-up
+included; reset before the first), and that peak minus torch.cuda.memory_allocated
+before the first step. On the CPU PyTorch keeps no allocator statistics, so a separate,
+untimed pass of --memory-steps steps on a fresh model runs under torch.profiler with
+profile_memory=True and the peak of the running sum of its allocation records (every
+allocation and free of the c10 CPU allocator, in order) is reported: the bytes held at
+the peak minus those held before the first step, the same quantity as tandem-compare's
+peak_mem_delta_bytes (which counts its host allocator over all of its steps).
 """
 import argparse
 import collections
+import contextlib
+import math
 import gzip
 import json
 import os
@@ -30,6 +49,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 MEAN, STD = 0.2860, 0.3530  # the training set's statistics, as Tandem's FashionMNIST uses
 
@@ -125,6 +145,55 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def checkpointed_sequential(layers, segments, x):
+    """checkpoint_sequential(layers, segments, x) with the same split as torch's (segments
+    of len // segments layers, the last one taking the rest and run plainly), but through
+    checkpoint(use_reentrant=False): torch 1.13's checkpoint_sequential is reentrant-only,
+    which gives the first segment's parameters no gradient when the input (the data)
+    does not require grad."""
+    layers = list(layers)
+    size = len(layers) // segments
+
+    def run(start, end):
+        def forward(inp):
+            for layer in layers[start:end]:
+                inp = layer(inp)
+            return inp
+        return forward
+
+    end = 0
+    for start in range(0, size * (segments - 1), size):
+        end = start + size
+        x = checkpoint(run(start, end), x, use_reentrant=False)
+    return run(end, len(layers))(x)
+
+
+class CheckpointedSequential(nn.Sequential):
+    """An nn.Sequential whose forward runs through checkpointed_sequential."""
+
+    def __init__(self, layers, segments):
+        super().__init__(*layers)
+        self.segments = segments
+
+    def forward(self, x):
+        return checkpointed_sequential(self, self.segments, x)
+
+
+def enable_grad_checkpointing(model):
+    """Checkpointing as tandem-compare --grad-checkpoint: a Sequential in round(sqrt(L))
+    segments, else each Sequential child (ResNet-18's stages) one segment per block.
+    Returns the model (the Sequential is replaced, sharing its layers) and the segments."""
+    if isinstance(model, nn.Sequential):
+        segments = max(1, round(math.sqrt(len(model))))
+        return CheckpointedSequential(list(model), segments), segments
+    total = 0
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Sequential):
+            setattr(model, name, CheckpointedSequential(list(child), len(child)))
+            total += len(child)
+    return model, total
+
+
 def build_model(name):
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -136,11 +205,34 @@ def build_model(name):
     return ResNet18()
 
 
-def make_model(name, device, seed):
+def make_model(name, device, seed, grad_checkpoint=False):
     torch.manual_seed(seed)
     model = build_model(name).to(device)
+    segments = 0
+    if grad_checkpoint:
+        model, segments = enable_grad_checkpointing(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    return model, optimizer
+    return model, optimizer, segments
+
+
+class Precision:
+    """The autocast context and GradScaler of one --precision on one device."""
+
+    DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name, device):
+        self.name, self.device = name, device
+        self.scaler = torch.cuda.amp.GradScaler(enabled=name == "fp16" and device.type == "cuda")
+
+    def autocast(self):
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.DTYPES[self.name])
+
+    def backward_and_step(self, loss, optimizer):
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 def sync(device):
@@ -179,24 +271,26 @@ class Breakdown:
         return out
 
 
-def train_step(model, optimizer, xb, yb, bd=None):
+def train_step(model, optimizer, xb, yb, prec, bd=None):
     if bd is None:
-        loss = nn.functional.cross_entropy(model(xb), yb)
+        with prec.autocast():
+            loss = nn.functional.cross_entropy(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        prec.backward_and_step(loss, optimizer)
         return loss
     if bd.mode == "phases":
         bd.start()
-        logits = model(xb)
-        bd.lap("forward")
-        loss = nn.functional.cross_entropy(logits, yb)
-        bd.lap("loss")
+        with prec.autocast():
+            logits = model(xb)
+            bd.lap("forward")
+            loss = nn.functional.cross_entropy(logits, yb)
+            bd.lap("loss")
         optimizer.zero_grad(set_to_none=True)
         bd.lap("zero_grad")
-        loss.backward()
+        prec.scaler.scale(loss).backward()
         bd.lap("backward")
-        optimizer.step()
+        prec.scaler.step(optimizer)
+        prec.scaler.update()
         bd.lap("step")
         return loss
     # Per child: each child's input is a detached leaf that requires grad (except the
@@ -207,18 +301,20 @@ def train_step(model, optimizer, xb, yb, bd=None):
     for i, child in enumerate(children):
         inp = x if i == 0 else x.detach().requires_grad_()
         start = time.perf_counter()
-        x = child(inp)
+        with prec.autocast():
+            x = child(inp)
         sync(bd.device)
         bd.layer_fwd[i] += (time.perf_counter() - start) * 1e3
         inputs.append(inp)
         outputs.append(x)
     logits = x.detach().requires_grad_()
     bd.start()
-    loss = nn.functional.cross_entropy(logits, yb)
+    with prec.autocast():
+        loss = nn.functional.cross_entropy(logits, yb)
     bd.lap("loss")
     optimizer.zero_grad(set_to_none=True)
     bd.lap("zero_grad")
-    loss.backward()
+    prec.scaler.scale(loss).backward()
     bd.lap("loss_backward")
     grad = logits.grad
     for i in reversed(range(len(children))):
@@ -231,7 +327,8 @@ def train_step(model, optimizer, xb, yb, bd=None):
         if i > 0:
             grad = inputs[i].grad
     bd.start()
-    optimizer.step()
+    prec.scaler.step(optimizer)
+    prec.scaler.update()
     bd.lap("step")
     return loss
 
@@ -239,8 +336,8 @@ def train_step(model, optimizer, xb, yb, bd=None):
 class Loop:
     """Counts steps, skips the timer over the warm-up ones and stops after max_steps."""
 
-    def __init__(self, warmup, max_steps, bd, device):
-        self.warmup, self.max_steps, self.bd, self.device = warmup, max_steps, bd, device
+    def __init__(self, warmup, max_steps, bd, device, prec):
+        self.warmup, self.max_steps, self.bd, self.device, self.prec = warmup, max_steps, bd, device, prec
         self.seen, self.samples, self.loss = 0, 0, None
         self.start = time.perf_counter()
 
@@ -251,7 +348,7 @@ class Loop:
         timed = self.seen >= self.warmup
         if timed and self.bd is not None:
             self.bd.lap("loader")
-        self.loss = train_step(model, optimizer, xb, yb, self.bd if timed else None)
+        self.loss = train_step(model, optimizer, xb, yb, self.prec, self.bd if timed else None)
         self.seen += 1
         if timed:
             self.samples += xb.shape[0]
@@ -285,6 +382,23 @@ def train_indexed(model, optimizer, x, y, device, epochs, batch_size, loop):
             loop.step(model, optimizer, x[idx], y[idx])
 
 
+def cpu_peak_memory(train, args_for_train, warmup, steps, device, prec):
+    """Peak bytes held by CPU tensors during `steps` training steps minus those held
+    before the first: the running sum of the profiler's allocation records (c10 CPU
+    allocator, every allocation and free in order). An untimed pass of its own."""
+    loop = Loop(warmup, steps, None, device, prec)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        train(*args_for_train, loop)
+    records = [e for e in prof.profiler.kineto_results.events()
+               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    records.sort(key=lambda e: e.start_us())  # stable: ties keep the order of recording
+    held = peak = 0
+    for e in records:
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
 @torch.no_grad()
 def accuracy(model, x, y, device):
     model.eval()
@@ -313,6 +427,12 @@ def main():
     parser.add_argument("--breakdown", choices=["none", "phases", "layers"], default="none",
                         help="time loader/forward/loss/zero_grad/backward/step; layers: also per child (mlp, cnn)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="bf16/fp16: torch.autocast around forward and loss; fp16 with GradScaler (CUDA only)")
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="activation checkpointing with tandem-compare's segments (see above)")
+    parser.add_argument("--memory-steps", type=int, default=3,
+                        help="steps of the untimed profiled pass that measures CPU peak memory (0: skip)")
     args = parser.parse_args()
 
     fashion = args.model != "resnet18"
@@ -323,6 +443,9 @@ def main():
     if args.breakdown == "layers" and not fashion:
         raise SystemExit(f"[compare_models.py] expected --breakdown layers with a Sequential model (mlp, cnn), "
                          f"got {args.model}; use --breakdown phases")
+    if args.breakdown == "layers" and args.grad_checkpoint:
+        raise SystemExit("[compare_models.py] expected --breakdown none or phases with --grad-checkpoint, got layers "
+                         "(it runs each child on its own, past the checkpointed segments)")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -330,6 +453,16 @@ def main():
         raise SystemExit(f"[compare_models.py] expected a CUDA-enabled PyTorch with a GPU for --device {args.device}, "
                          f"got torch {torch.__version__} with torch.cuda.is_available() == False "
                          f"(Debian's python3-torch is built without CUDA)")
+    variants = ["dataloader", "indexed"] if args.variant == "all" else [args.variant]
+    if args.precision == "fp16" and device.type == "cpu":
+        # torch 1.13's CPU autocast rejects float16 (and newer ones are not in Debian).
+        for variant in variants:
+            print(json.dumps({"framework": "pytorch", "model": args.model, "variant": variant,
+                              "precision": args.precision, "device": str(device), "torch_version": torch.__version__,
+                              "unsupported": f"torch {torch.__version__} CPU autocast supports bfloat16 only"}),
+                  flush=True)
+        return
+    prec = Precision(args.precision, device)
     load_start = time.perf_counter()
     if fashion:
         x_train, y_train = load_split(args.data, "train")
@@ -338,19 +471,33 @@ def main():
         x_train, y_train = synthetic_images((warmup + args.steps) * batch_size, (3, 32, 32), 10, args.seed)
     load_s = time.perf_counter() - load_start
 
-    variants = ["dataloader", "indexed"] if args.variant == "all" else [args.variant]
     for variant in variants:
-        model, optimizer = make_model(args.model, device, args.seed)
+        model, optimizer, segments = make_model(args.model, device, args.seed, args.grad_checkpoint)
         if variant == "dataloader":
             x, y, train = x_train, y_train, train_dataloader
         else:
             x, y, train = x_train.to(device), y_train.to(device), train_indexed
         bd = Breakdown(args.breakdown, device) if args.breakdown != "none" else None
         sync(device)
-        loop = Loop(warmup, max_steps, bd, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            mem_before = torch.cuda.memory_allocated(device)
+        loop = Loop(warmup, max_steps, bd, device, prec)
         train(model, optimizer, x, y, device, epochs, batch_size, loop)
         sync(device)
         train_s = time.perf_counter() - loop.start
+        memory = {}
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+            memory = {"peak_mem_bytes": peak, "mem_before_bytes": mem_before, "peak_mem_delta_bytes": peak - mem_before,
+                      "memory_source": "torch.cuda.max_memory_allocated"}
+        elif args.memory_steps > 0:
+            m_model, m_opt, _ = make_model(args.model, device, args.seed, args.grad_checkpoint)
+            m_steps = min(args.memory_steps, warmup + max_steps) if max_steps else args.memory_steps
+            delta = cpu_peak_memory(train, (m_model, m_opt, x, y, device, 1, batch_size), 0, m_steps, device,
+                                    Precision(args.precision, device))
+            memory = {"peak_mem_delta_bytes": delta, "memory_steps": m_steps,
+                      "memory_source": f"torch.profiler profile_memory, separate untimed pass of {m_steps} steps"}
         result = {
             "framework": "pytorch",
             "model": args.model,
@@ -365,11 +512,18 @@ def main():
             "train_seconds": train_s,
             "load_seconds": load_s,
             "final_loss": loop.loss.item(),
+            "precision": args.precision,
+            "grad_checkpoint": args.grad_checkpoint,
+            "checkpoint_segments": segments,
             "torch_version": torch.__version__,
             "torch_num_threads": torch.get_num_threads(),
             "blas": loaded_blas(),
             "mkldnn": torch.backends.mkldnn.is_available(),
         }
+        result.update(memory)
+        if prec.scaler.is_enabled():
+            # GradScaler does not count skipped steps; each skip halves the scale once.
+            result["grad_scale"] = prec.scaler.get_scale()
         if bd is not None:
             result.update(bd.result())
         print(json.dumps(result), flush=True)
