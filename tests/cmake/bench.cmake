@@ -1,3 +1,8 @@
+# The scaling model (bench/scaling_model.cpp) is plain arithmetic: its test binary,
+# discovered by tests/CMakeLists.txt, compiles the source itself, so it runs whether or
+# not the benchmarks are built.
+target_sources(test_scaling_model PRIVATE ${PROJECT_SOURCE_DIR}/bench/scaling_model.cpp)
+
 # tandem-bench: a quick `scaling` sweep (MLP, DDP over 1 and 2 ranks, 3 steps) writes
 # its JSON with a row per rank count. Benchmarks are built in CI (TANDEM_BUILD_BENCH is
 # on by default); bench/ is added after tests/, so the check is on the option, not the target.
@@ -10,7 +15,24 @@ if(TANDEM_BUILD_BENCH)
   set(bench_json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_scaling_smoke.json)
   add_test(NAME tandem_bench_scaling_smoke
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 0 "^ *\"ranks\": 2,$"
-      -- sh -c "rm -f \"$1\" && \"$0\" scaling --model mlp --ranks 1,2 --steps 3 --warmup 1 --backend ${bench_backend} --json \"$1\" --csv '' && cat \"$1\""
+      -- sh -c "rm -f \"$1\" && \"$0\" scaling --model mlp --ranks 1,2 --steps 3 --warmup 1 --backend ${bench_backend} --json \"$1\" --csv '' --png '' && cat \"$1\""
       $<TARGET_FILE:tandem-bench> ${bench_json})
   set_tests_properties(tandem_bench_scaling_smoke PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
+
+  # The issue 8 acceptance shape, shortened: CNN over 1 and 2 ranks writes its PNG
+  # (when gnuplot is installed), and the modelled links need no extra processes.
+  find_program(TANDEM_GNUPLOT gnuplot)
+  if(TANDEM_GNUPLOT)
+    set(bench_png ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_scaling_smoke.png)
+    add_test(NAME tandem_bench_scaling_png
+      COMMAND sh -c "rm -f \"$1\" && \"$0\" scaling --model cnn --ranks 1,2 --steps 3 --warmup 1 --backend ${bench_backend} --json '' --csv '' --png \"$1\" && test -s \"$1\" && head -c 8 \"$1\" | grep -q PNG"
+        $<TARGET_FILE:tandem-bench> ${bench_png})
+    set_tests_properties(tandem_bench_scaling_png PROPERTIES LABELS "cpu;bench" TIMEOUT 120)
+  endif()
+  add_test(NAME tandem_bench_scaling_model_links
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 0 "nvlink4 +370.0 +5.0 +overlap +64 "
+      -- $<TARGET_FILE:tandem-bench> scaling --model mlp --model-links nvlink4,pcie5,ib200 --ranks 2,8,64
+        --steps 3 --warmup 1 --backend ${bench_backend} --json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.json
+        --csv ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.csv --png ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.png)
+  set_tests_properties(tandem_bench_scaling_model_links PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
 endif()
