@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
-# Runs two tandem-train commands and checks that their test accuracies, read from the
-# final JSON line of each, differ by at most POINTS percentage points.
-#   compare_train_accuracy.sh POINTS -- COMMAND_A ARGS... -- COMMAND_B ARGS...
+# Runs tandem-train commands and checks that the test accuracy of each later command,
+# read from the final JSON line, is within POINTS percentage points of the first's.
+#   compare_train_accuracy.sh POINTS -- COMMAND_A ARGS... -- COMMAND_B ARGS... [-- COMMAND_C ARGS...]
+# (The first command runs once however many others it is compared with.)
 set -u
 points=$1
 shift 2
-a=() b=()
-while [[ $# -gt 0 && "$1" != "--" ]]; do a+=("$1"); shift; done
-shift
-b=("$@")
+commands=() current=()
+for arg in "$@"; do
+  if [[ "$arg" == "--" ]]; then
+    commands+=("$(printf '%q ' "${current[@]}")")
+    current=()
+  else
+    current+=("$arg")
+  fi
+done
+commands+=("$(printf '%q ' "${current[@]}")")
+((${#commands[@]} >= 2)) || { echo "FAIL: expected at least two commands separated by --"; exit 2; }
 run() {
   local out
-  out=$("$@" 2>/dev/null) || { echo "FAIL: exit status $? from: $*" >&2; return 1; }
+  out=$(eval "$1" 2>/dev/null) || { echo "FAIL: exit status $? from: $1" >&2; return 1; }
   printf '%s\n' "$out" | grep -E '^\{' | tail -n 1 | grep -Eo '"test_acc":[0-9.eE+-]+' | cut -d: -f2
 }
 start=$SECONDS
-acc_a=$(run "${a[@]}") || exit 1
-mid=$SECONDS
-acc_b=$(run "${b[@]}") || exit 1
-[[ -n "$acc_a" && -n "$acc_b" ]] || { echo "FAIL: no test_acc in a final JSON line (got '$acc_a', '$acc_b')"; exit 1; }
-echo "A: test_acc $acc_a ($((mid - start)) s): ${a[*]}"
-echo "B: test_acc $acc_b ($((SECONDS - mid)) s): ${b[*]}"
-awk -v x="$acc_a" -v y="$acc_b" -v p="$points" 'BEGIN {
-  d = (x - y) * 100; if (d < 0) d = -d;
-  printf "difference %.2f points (at most %s)\n", d, p; exit !(d <= p) }' || { echo "FAIL: accuracies differ too much"; exit 1; }
-echo "ok"
+base=$(run "${commands[0]}") || exit 1
+[[ -n "$base" ]] || { echo "FAIL: no test_acc in the first command's final JSON line"; exit 1; }
+echo "A: test_acc $base ($((SECONDS - start)) s): ${commands[0]}"
+status=0
+for ((i = 1; i < ${#commands[@]}; ++i)); do
+  start=$SECONDS
+  acc=$(run "${commands[i]}") || exit 1
+  [[ -n "$acc" ]] || { echo "FAIL: no test_acc in a final JSON line of: ${commands[i]}"; exit 1; }
+  echo "$i: test_acc $acc ($((SECONDS - start)) s): ${commands[i]}"
+  awk -v x="$base" -v y="$acc" -v p="$points" 'BEGIN {
+    d = (x - y) * 100; if (d < 0) d = -d;
+    printf "   difference %.2f points (at most %s)\n", d, p; exit !(d <= p) }' || { echo "FAIL: accuracies differ too much"; status=1; }
+done
+((status == 0)) && echo "ok"
+exit $status
