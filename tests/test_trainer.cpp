@@ -262,6 +262,32 @@ TEST(Trainer, DivergingLossStopsWithAClearMessage) {
   }
 }
 
+/// A model whose forward runs out of device memory (what the caching allocator throws).
+class OutOfMemoryModel : public nn::Module {
+ public:
+  OutOfMemoryModel() { register_parameter("w", ones({1})); }
+  Tensor forward(const Tensor&) override {
+    throw cuda::OutOfMemoryError("[device_alloc] out of memory on cuda:0: could not allocate 2.00 GiB", size_t{2} << 30,
+                                 int64_t{70} << 30, int64_t{78} << 30);
+  }
+};
+
+TEST(Trainer, OutOfMemoryNamesTheBatchPerDeviceAndWhatToDo) {
+  TrainerConfig c = base_config();
+  c.batch_size = 8;
+  Trainer t(c, std::make_shared<OutOfMemoryModel>(), dataset(21), dataset(22, 8));
+  try {
+    t.fit();
+    ADD_FAILURE() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("out of memory on cuda:0"), std::string::npos) << m;
+    EXPECT_NE(m.find("batch per device is 8 samples"), std::string::npos) << m;
+    EXPECT_NE(m.find("accumulation"), std::string::npos) << m;
+    EXPECT_NE(m.find("activation checkpointing"), std::string::npos) << m;
+  }
+}
+
 TEST(Trainer, ConfigurationErrorsNameTheOption) {
   auto train = dataset(15), val = dataset(16, 8);
   auto expect = [&](const std::function<void(TrainerConfig&)>& edit, const std::vector<std::string>& pieces) {
