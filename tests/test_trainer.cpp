@@ -131,10 +131,14 @@ TEST(Trainer, DdpOverTwoLocalRanksEqualsOneProcessWithTheWholeBatch) {
   std::vector<std::shared_ptr<nn::models::MLP>> models = {mlp(), mlp()};
   std::vector<std::vector<Tensor>> got(2);
   std::vector<EpochMetrics> last(2);
+  TempDir logs;
   tandem::testing::run_ranks(2, [&](int r) {
     TrainerConfig c = base_config();
     c.strategy.mode = "ddp";
     c.batch_size = 8;
+    // Step records reduce over both ranks; only rank 0 writes.
+    c.logging.jsonl = (logs.path() / "m.jsonl").string();
+    c.logging.log_every_steps = 2;
     Trainer t(c, models[static_cast<size_t>(r)], train, val, groups[static_cast<size_t>(r)]);
     EXPECT_EQ(t.world_size(), 2);
     t.fit();
@@ -145,6 +149,10 @@ TEST(Trainer, DdpOverTwoLocalRanksEqualsOneProcessWithTheWholeBatch) {
   // Metrics are over the whole validation set, the same on both ranks.
   EXPECT_EQ(last[0].val_samples, 10);
   EXPECT_DOUBLE_EQ(last[0].val_acc, last[1].val_acc);
+  std::ifstream in(logs.path() / "m.jsonl");
+  int step_records = 0;
+  for (std::string line; std::getline(in, line);) step_records += nlohmann::json::parse(line)["kind"] == "step";
+  EXPECT_EQ(step_records, 4) << "8 steps, every 2nd, written once";
 }
 
 TEST(Trainer, ResumeAutoContinuesLikeTheUninterruptedRun) {

@@ -526,22 +526,29 @@ const std::vector<EpochMetrics>& Trainer::fit() {
         ++loss_count;
       }
       progress.update(position, last_loss, batch.target.numel() * world_size());
-      if (sync_step && cfg.logging.log_every_steps > 0 && global_step_ % cfg.logging.log_every_steps == 0 &&
-          m.reporting()) {
-        MetricRecord r = {{"kind", std::string("step")},
-                          {"step", global_step_},
-                          {"epoch", epoch + 1},
-                          {"loss", last_loss},
-                          {"lr", m.optimizer->lr()},
-                          {"loss_scale", m.scaler->get_scale()},
-                          {"samples_per_s", progress.samples_per_second()},
-                          {"data_ms", data_ms / std::max<int64_t>(steps, 1)},
-                          {"forward_ms", fwd_ms / std::max<int64_t>(steps, 1)},
-                          {"backward_ms", bwd_ms / std::max<int64_t>(steps, 1)},
-                          {"comm_ms", comm_ms / std::max<int64_t>(steps, 1)},
-                          {"optimizer_ms", opt_ms / std::max<int64_t>(steps, 1)}};
-        if (m.jsonl) m.jsonl->write(r);
-        if (m.csv_steps) m.csv_steps->write(r);
+      if (sync_step && cfg.logging.log_every_steps > 0 && global_step_ % cfg.logging.log_every_steps == 0) {
+        // Every rank takes part (the condition is the same on all): the record holds
+        // the epoch-so-far sums and counts of all ranks, not rank 0's alone.
+        std::vector<double> s = {loss_sum, static_cast<double>(loss_count), data_ms, fwd_ms, bwd_ms, comm_ms, opt_ms,
+                                 static_cast<double>(steps)};
+        if (m.group) s = comm::all_reduce_sums(*m.group, s, device_);
+        const double n = std::max(s[7], 1.0);
+        if (m.reporting()) {
+          MetricRecord r = {{"kind", std::string("step")},
+                            {"step", global_step_},
+                            {"epoch", epoch + 1},
+                            {"loss", s[1] > 0 ? s[0] / s[1] : std::nan("")},
+                            {"lr", m.optimizer->lr()},
+                            {"loss_scale", m.scaler->get_scale()},
+                            {"samples_per_s", progress.samples_per_second()},
+                            {"data_ms", s[2] / n},
+                            {"forward_ms", s[3] / n},
+                            {"backward_ms", s[4] / n},
+                            {"comm_ms", s[5] / n},
+                            {"optimizer_ms", s[6] / n}};
+          if (m.jsonl) m.jsonl->write(r);
+          if (m.csv_steps) m.csv_steps->write(r);
+        }
       }
       if (sync_step && cfg.checkpoint.every_steps > 0 && global_step_ % cfg.checkpoint.every_steps == 0)
         save_step_checkpoint();

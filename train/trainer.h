@@ -112,7 +112,8 @@ struct LoggingConfig {
   /// goes to "<csv>" with "-epochs" inserted before the extension for epochs).
   std::string jsonl = "";
   std::string csv = "";
-  /// A step record every N optimizer steps (0: epochs only).
+  /// A step record every N optimizer steps (0: epochs only): the epoch-so-far mean loss
+  /// and mean phase times over all ranks (sums and counts all-reduced), lr, loss scale.
   int64_t log_every_steps = 50;
   /// The rank-0 progress line on `out`: redrawn in place on a terminal, else a plain
   /// line every progress_every micro-batches. `terminal` overrides the isatty check
