@@ -60,7 +60,8 @@ class FakeBackend final : public AllocatorBackend {
 
   void* raw_alloc(size_t nbytes) override {
     if (state_->used + nbytes > state_->capacity) return nullptr;
-    void* ptr = std::aligned_alloc(512, nbytes);
+    // aligned_alloc wants a multiple of the alignment (the uncached mode asks for exact sizes).
+    void* ptr = std::aligned_alloc(512, (nbytes + 511) / 512 * 512);
     if (ptr == nullptr) throw std::bad_alloc();
     state_->live[ptr] = nbytes;
     state_->used += nbytes;
