@@ -27,6 +27,7 @@
 #include "engine/ops/reduce.h"
 #include "engine/random.h"
 #include "engine/storage.h"
+#include "layers/checkpoint.h"
 #include "layers/models/cnn.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
@@ -102,26 +103,6 @@ void reset_peak_memory(Device device) {
   } else {
     reset_host_peak_memory_stats();
   }
-}
-
-// Turns on activation checkpointing as tandem-train --grad-checkpoint does (the same
-// rule as enable_grad_checkpointing in train/trainer.cpp): a Sequential model (MLP, CNN)
-// in about sqrt(L) segments of its L layers, else every Sequential child (ResNet-18's
-// four stages) with one segment per block. Returns the number of segments set.
-int64_t enable_grad_checkpointing(nn::Module& model) {
-  if (auto* seq = dynamic_cast<nn::Sequential*>(&model)) {
-    const auto segments = std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(seq->size()))));
-    seq->set_checkpoint_segments(segments);
-    return seq->checkpoint_segments();
-  }
-  int64_t n = 0;
-  for (const auto& [name, child] : model.named_children()) {
-    if (auto* s = dynamic_cast<nn::Sequential*>(child.get())) {
-      s->set_checkpoint_segments(static_cast<int64_t>(s->size()));
-      n += s->checkpoint_segments();
-    }
-  }
-  return n;
 }
 
 // One training step of a Sequential model with each child's forward and backward timed
@@ -263,7 +244,7 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("[tandem-compare] expected --breakdown none or phases with --grad-checkpoint, "
                                   "got layers (it runs each child on its own, past the checkpointed segments)");
     }
-    const int64_t checkpoint_segments = grad_checkpoint ? enable_grad_checkpointing(*model) : 0;
+    const int64_t checkpoint_segments = grad_checkpoint ? nn::enable_grad_checkpointing(*model) : 0;
     std::optional<DType> autocast;
     if (precision == "bf16") autocast = DType::kBF16;
     if (precision == "fp16") autocast = DType::kF16;

@@ -2,6 +2,8 @@
 // recomputation plus nested backward in its rule) and the Checkpointed module wrapper.
 #include "layers/checkpoint.h"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <utility>
 
@@ -232,6 +234,22 @@ std::shared_ptr<Module> Checkpointed::clone() const { return std::make_shared<Ch
 void Checkpointed::train(bool on) {
   Module::train(on);
   module_->train(on);
+}
+
+int64_t enable_grad_checkpointing(Module& model) {
+  if (auto* seq = dynamic_cast<Sequential*>(&model)) {
+    const auto segments = std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(seq->size()))));
+    seq->set_checkpoint_segments(segments);
+    return seq->checkpoint_segments();
+  }
+  int64_t n = 0;
+  for (const auto& [name, child] : model.named_children()) {
+    if (auto* s = dynamic_cast<Sequential*>(child.get())) {
+      s->set_checkpoint_segments(static_cast<int64_t>(s->size()));
+      n += s->checkpoint_segments();
+    }
+  }
+  return n;
 }
 
 }  // namespace tandem::nn

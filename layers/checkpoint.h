@@ -6,6 +6,7 @@
 // price of a second forward of the region in backward.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -52,6 +53,12 @@ Tensor checkpoint(const std::function<Tensor(const Tensor&)>& fn, const Tensor& 
 /// True on this thread while backward is recomputing a checkpointed region: a region
 /// that updates state in place (batch-norm running statistics) can avoid doing it twice.
 bool in_checkpoint_recompute();
+
+/// The checkpointing rule of tandem-train --grad-checkpoint and the Trainer: a Sequential
+/// model (MLP, CNN) runs in about sqrt(L) segments of its L layers; any other model has
+/// each Sequential child (ResNet-18's stages) run one segment per block. Returns the
+/// number of segments set (0: the model has nothing to checkpoint this way).
+int64_t enable_grad_checkpointing(Module& model);
 
 /// A module whose forward is checkpointed: Checkpointed(block)->forward(x) equals
 /// block->forward(x) and gives the same gradients, keeping only x during forward.

@@ -417,6 +417,15 @@ TEST(SequentialSegments, MLPModelKeepsItsStateDictAndModes) {
   EXPECT_EQ(mlp->checkpoint_segments(), 0);
 }
 
+TEST(SequentialSegments, TheTrainersRuleForModels) {
+  auto mlp = std::make_shared<models::MLP>(models::MLPOptions{.in = 6, .hidden = {8, 8}, .out = 3});  // 5 layers
+  EXPECT_EQ(enable_grad_checkpointing(*mlp), 2);
+  EXPECT_EQ(mlp->checkpoint_segments(), 2);
+  // Not a Sequential: each Sequential child one segment per block; here none.
+  Linear plain(3, 3);
+  EXPECT_EQ(enable_grad_checkpointing(plain), 0);
+}
+
 TEST(SequentialSegments, SegmentCountIsChecked) {
   auto seq = plain_of({std::make_shared<ReLU>(), std::make_shared<ReLU>()});
   tandem::testing::expect_invalid([&] { seq->set_checkpoint_segments(-1); },

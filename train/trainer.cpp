@@ -86,25 +86,6 @@ std::string epochs_csv_path(const std::string& csv) {
   return (p.parent_path() / (p.stem().string() + "-epochs" + p.extension().string())).string();
 }
 
-/// Turns on activation checkpointing: a Sequential model in about sqrt(L) segments of
-/// its L layers; otherwise every Sequential child (ResNet-18's stages) one segment per
-/// block. Returns the number of checkpointed segments.
-int64_t enable_grad_checkpointing(nn::Module& model) {
-  if (auto* seq = dynamic_cast<nn::Sequential*>(&model)) {
-    const auto segments = std::max<int64_t>(1, std::llround(std::sqrt(static_cast<double>(seq->size()))));
-    seq->set_checkpoint_segments(segments);
-    return seq->checkpoint_segments();
-  }
-  int64_t n = 0;
-  for (const auto& [name, child] : model.named_children()) {
-    if (auto* s = dynamic_cast<nn::Sequential*>(child.get())) {
-      s->set_checkpoint_segments(static_cast<int64_t>(s->size()));
-      n += s->checkpoint_segments();
-    }
-  }
-  return n;
-}
-
 }  // namespace
 
 nlohmann::json TrainerConfig::to_json() const {
@@ -244,7 +225,7 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
   model_->to(device_);
   // Sync BN first: the checkpointed groups run the same layer objects.
   if (s.sync_bn) comm::convert_sync_batchnorm(model_, m.group);
-  if (config_.grad_checkpoint && enable_grad_checkpointing(*model_) == 0)
+  if (config_.grad_checkpoint && nn::enable_grad_checkpointing(*model_) == 0)
     throw std::invalid_argument("[Trainer] grad_checkpoint: expected a model with layers to checkpoint, got " +
                                 model_->name() + " with none (a Sequential, or Sequential children)");
   m.net = model_;
