@@ -22,6 +22,7 @@
 #include "layers/dropout.h"
 #include "layers/linear.h"
 #include "layers/sequential.h"
+#include "checkpoint_test_support.h"
 #include "test_util.h"
 
 namespace tandem::nn {
@@ -32,33 +33,7 @@ using tandem::testing::random_tensor;
 
 const Device kGpu = Device::cuda(0);
 
-std::vector<std::shared_ptr<Module>> mlp_layers(int depth, int64_t width, double p, uint64_t seed) {
-  manual_seed(seed);
-  std::vector<std::shared_ptr<Module>> layers;
-  for (int i = 0; i < depth; ++i) {
-    layers.push_back(std::make_shared<Linear>(width, width));
-    layers.push_back(std::make_shared<ReLU>());
-    if (p > 0.0) layers.push_back(std::make_shared<Dropout>(p));
-  }
-  layers.push_back(std::make_shared<Linear>(width, 3));
-  return layers;
-}
-
-std::shared_ptr<Sequential> plain_of(const std::vector<std::shared_ptr<Module>>& layers) {
-  auto s = std::make_shared<Sequential>();
-  for (const auto& m : layers) s->push_back(m);
-  return s;
-}
-
-std::shared_ptr<Sequential> blocks_of(const std::vector<std::shared_ptr<Module>>& layers, size_t per_block) {
-  auto s = std::make_shared<Sequential>();
-  for (size_t i = 0; i < layers.size(); i += per_block) {
-    auto block = std::make_shared<Sequential>();
-    for (size_t j = i; j < std::min(layers.size(), i + per_block); ++j) block->push_back(layers[j]);
-    s->push_back(std::make_shared<Checkpointed>(block));
-  }
-  return s;
-}
+using namespace checkpoint_test;
 
 // Input gradient, then every parameter gradient, as CPU copies.
 std::vector<Tensor> gradients(Module& model, const Tensor& x_data, uint64_t seed) {
