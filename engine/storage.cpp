@@ -105,6 +105,9 @@ Storage::Storage(size_t nbytes, Device device, bool pinned) : nbytes_(nbytes), d
     deleter_ = [](void* p) { cuda::device_free(p); };
     if (g_poison.load()) {
       if constexpr (kBuiltWithCuda) {
+        // The fill runs on this device's stream, so on this device (the caller's current
+        // device may be another GPU).
+        cuda::DeviceGuard guard(device.index);
         kernels::cuda::fill_bytes(data_, 0xff, nbytes, cuda::current_stream(device.index).handle());
       }
     }

@@ -75,7 +75,12 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
   // Pinned blocks freed while a copy is in flight must not be reused before it ends.
   if (src_dev.is_cpu() && src_storage->pinned()) cuda::pinned_record_stream(src_storage->data(), stream);
   if (dst_dev.is_cpu() && dst_storage->pinned()) cuda::pinned_record_stream(dst_storage->data(), stream);
+  // Blocking unless asked otherwise and the host side is pinned (as PyTorch's copy_):
+  // a device-to-host copy must land before the host reads it, and a blocking copy
+  // from pinned memory must have read it before the caller may write it again (the
+  // DMA reads pinned memory while the copy runs; pageable sources are staged first).
   if (dst_dev.is_cpu() && !(non_blocking && dst_storage->pinned())) stream.synchronize();
+  if (src_dev.is_cpu() && src_storage->pinned() && !non_blocking) stream.synchronize();
 }
 
 }  // namespace

@@ -100,7 +100,8 @@ inline std::vector<std::pair<std::string, Tensor>> snapshot(nn::Module& m) {
 }
 
 inline void expect_same_state(const std::vector<std::pair<std::string, Tensor>>& got,
-                       const std::vector<std::pair<std::string, Tensor>>& want, const std::string& what) {
+                              const std::vector<std::pair<std::string, Tensor>>& want, const std::string& what,
+                              double tol = kTol) {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i].first, want[i].first) << what;
@@ -110,7 +111,7 @@ inline void expect_same_state(const std::vector<std::pair<std::string, Tensor>>&
       EXPECT_TRUE(tandem::testing::all_close(got[i].second, w, 0.0, 0.0)) << what << " " << got[i].first;
       continue;
     }
-    EXPECT_LE(tandem::testing::relative_error(got[i].second, w), kTol) << what << " " << got[i].first;
+    EXPECT_LE(tandem::testing::relative_error(got[i].second, w), tol) << what << " " << got[i].first;
   }
 }
 

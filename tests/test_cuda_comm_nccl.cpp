@@ -125,6 +125,10 @@ TEST(Nccl, CoalescedListsAndBool) {
 TEST(Nccl, RunsAfterTheProducersStreamAndWaitOrdersTheConsumer) {
   REQUIRE_NCCL_GPU();
   auto group = make_group();
+  // NCCL sets a communicator up lazily at its first collective, which may synchronise:
+  // that must not happen behind the gate.
+  group->all_reduce(values(1, DType::kF32, 0))->wait();
+  cuda::synchronize(0);
   cuda::Stream stream = cuda::pool_stream(0);
   cuda::StreamGuard guard(stream);
   Tensor t = values(1 << 20, DType::kF32, 7);

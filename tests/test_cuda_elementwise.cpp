@@ -86,7 +86,11 @@ TEST_F(CudaElementwise, BinaryBroadcastMatchesCpu) {
 
 TEST_F(CudaElementwise, ReductionsMatchCpu) {
   std::vector<std::pair<Shape, std::vector<int64_t>>> cases = {
-      {{5000000}, {0}}, {{300, 1000}, {1}}, {{300, 1000}, {0}}, {{8, 9, 10}, {0, 2}}, {{3, 200000}, {1}}};
+      {{5000000}, {0}}, {{300, 1000}, {1}}, {{300, 1000}, {0}}, {{8, 9, 10}, {0, 2}}, {{3, 200000}, {1}},
+      // More rows than gridDim.y allows (65535): rows go on gridDim.x.
+      {{70000, 3}, {1}},
+      // Few columns over many rows (a bias gradient; a column sum split into chunks of rows).
+      {{16384, 768}, {0}}, {{4, 5000, 40}, {1}}, {{3000, 5}, {0}}};
   for (auto& [shape, dims] : cases) {
     SCOPED_TRACE(shape_str(shape));
     Tensor x = random_tensor(shape, 25, DType::kF32);

@@ -212,12 +212,22 @@ struct Scalars {
 enum class Pass { kForward, kBackwardData, kBackwardFilter };
 
 using Key = std::tuple<int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
 
-Key make_key(Pass pass, DType dtype, const Window2d& g, int64_t out_channels, int64_t groups) {
+/// The largest power of two, up to 256, that divides every address: tensors are views
+/// at element offsets into their storage, and an algorithm timed on 256-byte aligned
+/// buffers may need an alignment (16 bytes for tensor cores) a view lacks, so the
+/// alignment is part of the key (as in PyTorch's).
+int alignment(std::initializer_list<const void*> ptrs) {
+  uintptr_t bits = 256;
+  for (const void* p : ptrs) bits |= reinterpret_cast<uintptr_t>(p);
+  return static_cast<int>(bits & (~bits + 1));
+}
+
+Key make_key(Pass pass, DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, int align) {
   return Key{static_cast<int>(pass), current_device(), static_cast<int>(dtype), g.batch, g.channels, g.in_h, g.in_w,
              out_channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-             g.dilation_h, g.dilation_w, groups};
+             g.dilation_h, g.dilation_w, groups, align};
 }
 
 struct Choice {
@@ -256,6 +266,19 @@ size_t find_workspace(const Perf* perf, int count) {
   return bytes;
 }
 
+/// The workspace Find*Ex gets: `bytes`, or none when that much cannot be had, which
+/// limits the search to algorithms without workspace rather than failing the
+/// convolution on its first call (the search offers up to kMaxFindWorkspace). Returns
+/// the buffer and the bytes it holds.
+std::pair<void*, size_t> find_buffer(const WorkspaceFn& workspace, size_t bytes) {
+  if (bytes == 0) return {workspace(0), 0};
+  try {
+    return {workspace(bytes), bytes};
+  } catch (const std::exception&) {  // the allocation failed (the function only allocates)
+    return {workspace(0), 0};
+  }
+}
+
 /// Looks up the cached choice for `key`, or runs `find` (outside the lock: it launches
 /// work and may take a while) and caches its answer. Two threads may both search the
 /// first time; either answer is valid.
@@ -286,13 +309,12 @@ void conv2d_forward(DType dtype, const Window2d& g, int64_t out_channels, int64_
                     const void* w, const void* bias, void* y, const WorkspaceFn& workspace, cudaStream_t stream) {
   cudnnHandle_t handle = handle_for(stream);
   ConvDescriptors d(dtype, g, out_channels, groups);
-  const Choice c = choose(make_key(Pass::kForward, dtype, g, out_channels, groups), [&] {
+  const Choice c = choose(make_key(Pass::kForward, dtype, g, out_channels, groups, alignment({x, w, y})), [&] {
     constexpr int kMax = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
     cudnnConvolutionFwdAlgoPerf_t perf[kMax];
     int count = 0;
     CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y, kMax, &count, perf));
-    const size_t bytes = find_workspace(perf, count);
-    void* ws = workspace(bytes);
+    const auto [ws, bytes] = find_buffer(workspace, find_workspace(perf, count));
     CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(handle, d.x, x, d.w, w, d.conv, d.y, y, kMax, &count, perf,
                                                        ws, bytes));
     return fastest(perf, count, "forward");
@@ -310,13 +332,12 @@ void conv2d_backward_data(DType dtype, const Window2d& g, int64_t out_channels, 
                           const void* dy, void* dx, const WorkspaceFn& workspace, cudaStream_t stream) {
   cudnnHandle_t handle = handle_for(stream);
   ConvDescriptors d(dtype, g, out_channels, groups);
-  const Choice c = choose(make_key(Pass::kBackwardData, dtype, g, out_channels, groups), [&] {
+  const Choice c = choose(make_key(Pass::kBackwardData, dtype, g, out_channels, groups, alignment({w, dy, dx})), [&] {
     constexpr int kMax = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
     cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
     int count = 0;
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x, kMax, &count, perf));
-    const size_t bytes = find_workspace(perf, count);
-    void* ws = workspace(bytes);
+    const auto [ws, bytes] = find_buffer(workspace, find_workspace(perf, count));
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(handle, d.w, w, d.y, dy, d.conv, d.x, dx, kMax, &count,
                                                             perf, ws, bytes));
     return fastest(perf, count, "backward-data");
@@ -333,13 +354,12 @@ void conv2d_backward_filter(DType dtype, const Window2d& g, int64_t out_channels
                             const void* dy, void* dw, const WorkspaceFn& workspace, cudaStream_t stream) {
   cudnnHandle_t handle = handle_for(stream);
   ConvDescriptors d(dtype, g, out_channels, groups);
-  const Choice c = choose(make_key(Pass::kBackwardFilter, dtype, g, out_channels, groups), [&] {
+  const Choice c = choose(make_key(Pass::kBackwardFilter, dtype, g, out_channels, groups, alignment({x, dy, dw})), [&] {
     constexpr int kMax = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
     cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
     int count = 0;
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(handle, d.x, d.y, d.conv, d.w, kMax, &count, perf));
-    const size_t bytes = find_workspace(perf, count);
-    void* ws = workspace(bytes);
+    const auto [ws, bytes] = find_buffer(workspace, find_workspace(perf, count));
     CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(handle, d.x, x, d.y, dy, d.conv, d.w, dw, kMax, &count,
                                                               perf, ws, bytes));
     return fastest(perf, count, "backward-filter");

@@ -111,7 +111,9 @@ void gemm_strided_batched(DType dtype, bool trans_a, bool trans_b, int64_t m, in
     }
     case DType::kF16:
     case DType::kBF16: {
-      // Half-precision storage, f32 accumulation (tensor cores), one rounding at the end.
+      // Half-precision storage, f32 accumulation (tensor cores). Split-K kernels may
+      // round their partial sums to the half type (CUBLAS_DEFAULT_MATH allows it, as
+      // PyTorch does by default), so tests compare with half-precision tolerances.
       const float alpha32 = static_cast<float>(alpha), beta32 = accumulate ? 1.0f : 0.0f;
       const cudaDataType_t type = cuda_data_type(dtype);
       if (batch == 1) {

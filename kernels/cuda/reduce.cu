@@ -1,7 +1,10 @@
 // CUDA reductions over (outer, n, inner). inner == 1 reduces each row with one
 // block (warp shuffles, then shared memory across warps); long rows with few
 // outer entries are split over several blocks whose partials a second kernel
-// adds. inner > 1 gives each thread one (o, i) column, so loads coalesce across i.
+// adds. inner > 1 gives each thread one (o, i) column, so loads coalesce across i;
+// when there are too few columns to fill the GPU (a bias gradient: sum over a batch
+// of 16k rows into 768 columns), n is split into chunks too, and a second kernel adds
+// the chunks' partials in order (deterministic, like the row split).
 #include "kernels/cuda/reduce.h"
 
 #include <type_traits>
@@ -33,11 +36,12 @@ __device__ A block_sum(A v) {
 }
 
 // One block per (row, part): partial[row * parts + part] (or out when parts == 1).
+// Rows on gridDim.x (up to 2^31 - 1; gridDim.y stops at 65535), parts on gridDim.y.
 template <class T, class A, class Out>
 __global__ void sum_rows_kernel(Out* __restrict__ out, A* __restrict__ partial, const T* __restrict__ in, int64_t n,
                                 int parts, double scale) {
-  const int64_t row = blockIdx.y;
-  const int part = blockIdx.x;
+  const int64_t row = blockIdx.x;
+  const int part = blockIdx.y;
   const int64_t chunk = (n + parts - 1) / parts;
   const int64_t begin = part * chunk;
   const int64_t end = min(n, begin + chunk);
@@ -72,6 +76,58 @@ __global__ void sum_columns_kernel(Out* __restrict__ out, const T* __restrict__ 
     for (int64_t k = 0; k < n; ++k) acc += convert<A>(p[k * inner]);
     out[t] = convert<Out>(static_cast<A>(acc * static_cast<A>(scale)));
   }
+}
+
+// Column sums split over n: a block of kTileColumns x kTileLanes threads takes 32
+// consecutive columns t = o * inner + i (coalesced when inner >= 32) and one chunk of
+// n; its lanes stride through the chunk's rows, then add up in shared memory in lane
+// order. partial[chunk * total + t].
+constexpr int kTileColumns = 32;
+constexpr int kTileLanes = 8;
+
+template <class T, class A>
+__global__ void sum_columns_partial_kernel(A* __restrict__ partial, const T* __restrict__ in, int64_t outer, int64_t n,
+                                           int64_t inner, int64_t chunk) {
+  __shared__ A lanes[kTileLanes][kTileColumns];
+  const int64_t total = outer * inner;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kTileColumns + threadIdx.x;
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * chunk;
+  const int64_t end = min(n, begin + chunk);
+  A acc = 0;
+  if (t < total) {
+    const int64_t o = t / inner, i = t % inner;
+    const T* p = in + o * n * inner + i;
+    for (int64_t k = begin + threadIdx.y; k < end; k += kTileLanes) acc += convert<A>(p[k * inner]);
+  }
+  lanes[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && t < total) {
+    A sum = lanes[0][threadIdx.x];
+    for (int l = 1; l < kTileLanes; ++l) sum += lanes[l][threadIdx.x];
+    partial[static_cast<int64_t>(blockIdx.y) * total + t] = sum;
+  }
+}
+
+template <class A, class Out>
+__global__ void sum_column_chunks_kernel(Out* __restrict__ out, const A* __restrict__ partial, int64_t total,
+                                         int chunks, double scale) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += stride) {
+    A acc = 0;
+    for (int c = 0; c < chunks; ++c) acc += partial[c * total + t];
+    out[t] = convert<Out>(static_cast<A>(acc * static_cast<A>(scale)));
+  }
+}
+
+// Chunks of n for a column sum: 1 (one thread per column) while the columns fill the
+// GPU or n is short; else enough chunks of >= 64 rows for ~1024 blocks in all.
+int column_chunks(int64_t outer, int64_t n, int64_t inner) {
+  const int64_t total = outer * inner;
+  if (inner == 1 || total >= 65536 || n < 256) return 1;
+  const int64_t tiles = (total + kTileColumns - 1) / kTileColumns;
+  int64_t chunks = (1024 + tiles - 1) / tiles;
+  chunks = chunks < n / 64 ? chunks : n / 64;
+  return static_cast<int>(chunks < 1 ? 1 : chunks);
 }
 
 // Splits rows when there are too few of them to fill the GPU.
@@ -154,9 +210,11 @@ __global__ void max_columns_kernel(T* __restrict__ values, int64_t* __restrict__
 }  // namespace
 
 size_t sum_workspace_bytes(DType dtype, int64_t outer, int64_t n, int64_t inner) {
-  int parts = row_parts(outer, n, inner);
+  const size_t acc_bytes = (dtype == DType::kF64 || !is_floating(dtype)) ? 8 : 4;
+  const int chunks = column_chunks(outer, n, inner);
+  if (chunks > 1) return static_cast<size_t>(outer * inner) * chunks * acc_bytes;
+  const int parts = row_parts(outer, n, inner);
   if (parts == 1) return 0;
-  size_t acc_bytes = (dtype == DType::kF64 || !is_floating(dtype)) ? 8 : 4;
   return static_cast<size_t>(outer) * parts * acc_bytes;
 }
 
@@ -175,7 +233,7 @@ void sum(DType dtype, void* out, const void* in, int64_t outer, int64_t n, int64
     }
     if (inner == 1) {
       int parts = row_parts(outer, n, inner);
-      dim3 grid(parts, static_cast<unsigned>(outer));
+      dim3 grid(static_cast<unsigned>(outer), parts);
       sum_rows_kernel<T, A, Out><<<grid, kBlockSize, 0, stream>>>(o, static_cast<A*>(workspace), x, n, parts, scale);
       CUDA_CHECK_LAUNCH();
       if (parts > 1) {
@@ -183,6 +241,16 @@ void sum(DType dtype, void* out, const void* in, int64_t outer, int64_t n, int64
             o, static_cast<const A*>(workspace), parts, scale);
         CUDA_CHECK_LAUNCH();
       }
+    } else if (const int chunks = column_chunks(outer, n, inner); chunks > 1) {
+      const int64_t total = outer * inner;
+      const int64_t chunk = (n + chunks - 1) / chunks;
+      A* partial = static_cast<A*>(workspace);
+      dim3 grid(static_cast<unsigned>((total + kTileColumns - 1) / kTileColumns), static_cast<unsigned>(chunks));
+      sum_columns_partial_kernel<T, A><<<grid, dim3(kTileColumns, kTileLanes), 0, stream>>>(partial, x, outer, n,
+                                                                                         inner, chunk);
+      CUDA_CHECK_LAUNCH();
+      sum_column_chunks_kernel<A, Out><<<grid_for(total), kBlockSize, 0, stream>>>(o, partial, total, chunks, scale);
+      CUDA_CHECK_LAUNCH();
     } else {
       sum_columns_kernel<T, A, Out><<<grid_for(outer * inner), kBlockSize, 0, stream>>>(o, x, outer, n, inner, scale);
       CUDA_CHECK_LAUNCH();
