@@ -37,6 +37,7 @@
 #include <omp.h>
 #endif
 
+#include "bench/emulated_device.h"
 #include "bench/scaling_model.h"
 #include "comm/data_parallel.h"
 #include "comm/ddp.h"
@@ -154,7 +155,9 @@ Batches make_batches(const std::string& model, int64_t batch, uint64_t seed, Dev
   return b;
 }
 
-std::unique_ptr<optim::SGD> make_optimizer(const nn::Module& model) {
+/// SGD with momentum; with `emulate_step_ms` > 0, the emulated device's optimizer.
+std::unique_ptr<optim::Optimizer> make_optimizer(const nn::Module& model, double emulate_step_ms = 0) {
+  if (emulate_step_ms > 0) return std::make_unique<EmulatedOptimizer>(model.parameters(), EmulatedStep{emulate_step_ms});
   return std::make_unique<optim::SGD>(model.parameters(),
                                       optim::SGDOptions{.lr = 0.01, .momentum = 0.9, .weight_decay = 5e-4});
 }
@@ -200,7 +203,7 @@ double steady_seconds(Clock::time_point t) { return std::chrono::duration<double
 /// Runs `warmup` untimed then `steps` timed SGD steps of `model` (plain, DP or DDP).
 /// With a group, every rank starts the timed steps together and the wall time ends
 /// when the slowest rank is done. Phases end with a device synchronisation on CUDA.
-StepTimes train_steps(nn::Module& model, optim::SGD& optimizer, const Batches& data, int64_t steps, int64_t warmup,
+StepTimes train_steps(nn::Module& model, optim::Optimizer& optimizer, const Batches& data, int64_t steps, int64_t warmup,
                       Device device, const comm::DistributedDataParallel* ddp, comm::ProcessGroup* group,
                       int64_t first_step = 0, const Precision& precision = {}) {
   StepTimes t;
@@ -351,6 +354,7 @@ struct WorkerConfig {
   std::vector<std::string> variants = {"overlap"};  // ddp: overlap, no-overlap, cap:<MiB>
   std::string precision = "fp32";                  // fp32, bf16, fp16
   bool measure_link = false;                       // ddp: fit alpha and busbw after training
+  double emulate_step_ms = 0;                      // ddp: > 0, an emulated device (emulated_device.h)
   uint64_t seed = 1;
   std::string result;
 };
@@ -374,22 +378,27 @@ comm::DDPOptions ddp_options(const WorkerConfig& c, const std::string& variant) 
 const std::vector<int64_t> kLinkSweepBytes = {16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20};
 
 /// Times all-reduces of f32 tensors of kLinkSweepBytes on `group` and fits
-/// t = alpha + 2(n-1)/n·S/busbw, as bench_collectives reports busbw. Per size: 3 warm-up
+/// t = alpha + 2(n-1)/n·S/busbw, as bench_collectives reports busbw. Per size: 5 warm-up
 /// calls, then 5 rounds of 10 back-to-back calls after a barrier (as nccl-tests times
-/// them: a barrier per call would add its own skew); the median round, slowest rank.
+/// them: a barrier per call would add its own skew), each call timed; the median call,
+/// slowest rank. (The median of single calls, not of round averages: on a shared
+/// machine one descheduled rank stalls a whole round, and the model wants the typical
+/// call, as a training all-reduce sees it.)
 json measure_link(comm::ProcessGroup& group, Device device) {
   std::vector<double> bytes, seconds;
   for (int64_t nbytes : kLinkSweepBytes) {
     Tensor x = full({nbytes / 4}, 1.0, {.device = device});
-    for (int i = 0; i < 3; ++i) group.all_reduce(x)->wait();
+    for (int i = 0; i < 5; ++i) group.all_reduce(x)->wait();
     std::vector<double> times;
     for (int round = 0; round < 5; ++round) {
       synchronize(device);
       group.barrier()->wait();
-      const auto t0 = Clock::now();
-      for (int i = 0; i < 10; ++i) group.all_reduce(x)->wait();
-      synchronize(device);
-      times.push_back(seconds_since(t0) / 10);
+      for (int i = 0; i < 10; ++i) {
+        const auto t0 = Clock::now();
+        group.all_reduce(x)->wait();
+        synchronize(device);
+        times.push_back(seconds_since(t0));
+      }
     }
     Tensor m = Tensor::from_vector(std::vector<double>{median(times)}, {1}, device);
     group.all_reduce({m}, comm::ReduceOp::kMax)->wait();
@@ -411,6 +420,14 @@ json measure_link(comm::ProcessGroup& group, Device device) {
   return {{"alpha_us", alpha_us}, {"busbw_gbps", busbw}, {"fit", "least squares"}, {"bytes", bytes}, {"median_us", us}};
 }
 
+/// A DDP rank's model: `c.model`, or with c.emulate_step_ms > 0 an emulated device
+/// holding its parameters.
+std::shared_ptr<nn::Module> make_rank_model(const WorkerConfig& c, Device device) {
+  std::shared_ptr<nn::Module> model = make_model(c.model, c.seed, device);
+  if (c.emulate_step_ms <= 0) return model;
+  return std::make_shared<EmulatedDeviceModel>(*model, EmulatedStep{c.emulate_step_ms});
+}
+
 /// One DDP rank: every variant on its own model (same initial values), in turn.
 json run_ddp_rank(const WorkerConfig& c, const std::shared_ptr<comm::ProcessGroup>& group, Device device,
                   std::vector<std::shared_ptr<nn::Module>> models) {
@@ -418,7 +435,7 @@ json run_ddp_rank(const WorkerConfig& c, const std::shared_ptr<comm::ProcessGrou
   json out = json::object();
   for (size_t v = 0; v < c.variants.size(); ++v) {
     auto ddp = std::make_shared<comm::DistributedDataParallel>(models[v], group, ddp_options(c, c.variants[v]));
-    auto optimizer = make_optimizer(*ddp);
+    auto optimizer = make_optimizer(*ddp, c.emulate_step_ms);
     optim::GradScaler scaler(optim::GradScalerOptions{.enabled = c.precision == "fp16"});
     const Precision precision{c.precision, c.precision == "fp16" ? &scaler : nullptr};
     const StepTimes t =
@@ -445,7 +462,7 @@ int run_worker(const WorkerConfig& c) {
     auto group = comm::init(init);
     const Device device = cuda ? cuda_device(comm::launch_env().local_rank) : Device::cpu();
     std::vector<std::shared_ptr<nn::Module>> models;
-    for (size_t v = 0; v < c.variants.size(); ++v) models.push_back(make_model(c.model, c.seed, device));
+    for (size_t v = 0; v < c.variants.size(); ++v) models.push_back(make_rank_model(c, device));
     result = run_ddp_rank(c, group, device, models);
     if (group->rank() != 0) return 0;
   } else {
@@ -619,7 +636,7 @@ int run_overhead(const Common& c, const OverheadConfig& o) {
     std::shared_ptr<nn::Module> model;
     std::shared_ptr<comm::DistributedDataParallel> ddp;
     std::shared_ptr<nn::Module> trained;
-    std::unique_ptr<optim::SGD> optimizer;
+    std::unique_ptr<optim::Optimizer> optimizer;
     StepTimes times;
   };
   std::vector<Variant> variants;
@@ -771,6 +788,7 @@ struct ScalingConfig {
   double busbw_gbps = 0;                 // a custom link to model when > 0
   double alpha_us = 0;
   double compute_ms = 0;                 // > 0: rescale the measured compute to this step time
+  double emulate_step_ms = 0;            // > 0: ranks run an emulated device (emulated_device.h)
   bool bucket_sweep = false;
   std::vector<int> sweep_model_ranks = {8};
   std::string png_path;
@@ -785,7 +803,7 @@ json run_local_ranks(const WorkerConfig& w, int n, int threads) {
   std::vector<std::vector<std::shared_ptr<nn::Module>>> models(static_cast<size_t>(n));
   for (int r = 0; r < n; ++r) {
     devices.push_back(w.device == "cuda" ? cuda_device(r) : Device::cpu());
-    for (size_t v = 0; v < w.variants.size(); ++v) models[static_cast<size_t>(r)].push_back(make_model(w.model, w.seed, devices.back()));
+    for (size_t v = 0; v < w.variants.size(); ++v) models[static_cast<size_t>(r)].push_back(make_rank_model(w, devices.back()));
   }
   json result;
   std::mutex mutex;
@@ -827,6 +845,7 @@ json run_ddp_ranks(const Common& c, const ScalingConfig& s, const WorkerConfig& 
   args.insert(args.end(), {"--backend", s.backend, "--bucket-cap-mb", std::to_string(s.bucket_cap_mb),
                            "--first-bucket-cap-mb", std::to_string(s.first_bucket_cap_mb), "--variants", joined});
   if (w.measure_link) args.push_back("--measure-link");
+  if (w.emulate_step_ms > 0) args.insert(args.end(), {"--emulate-step-ms", std::to_string(w.emulate_step_ms)});
   return spawn_workers(n, s.threads_per_rank, args, c.timeout_s);
 }
 
@@ -844,6 +863,7 @@ WorkerConfig scaling_worker(const Common& c, const ScalingConfig& s, std::vector
   w.variants = std::move(variants);
   w.precision = c.precision;
   w.seed = c.seed;
+  w.emulate_step_ms = s.emulate_step_ms;
   return w;
 }
 
@@ -883,6 +903,8 @@ double error_pct(double predicted, double measured) { return measured > 0 ? 100.
 struct Series {
   std::string title;
   std::vector<double> ranks, speedup, efficiency;
+  bool dashed = false;  // a model's prediction beside the measured curves
+  int color = 0;        // gnuplot line type (its colour) when > 0; a model shares its measured curve's
 };
 
 /// Speed-up against ranks with the ideal line, and efficiency, side by side in a PNG
@@ -894,6 +916,12 @@ void plot_scaling(const std::string& png, const std::string& title, const std::v
     std::printf("gnuplot not found (Debian: gnuplot-nox): PNG %s skipped\n", png.c_str());
     return;
   }
+  auto style = [](const Series& s) {
+    std::string text = "with linespoints lw 2";
+    if (s.color > 0) text += " lt " + std::to_string(s.color);
+    if (s.dashed) text += " dashtype 3";
+    return text;
+  };
   double lo = 1e9, hi = 0;
   for (const Series& s : series)
     for (double r : s.ranks) lo = std::min(lo, r), hi = std::max(hi, r);
@@ -919,10 +947,10 @@ void plot_scaling(const std::string& png, const std::string& title, const std::v
     out << "set xrange [" << std::max(0.5, lo * 0.9) << ":" << hi * 1.1 << "]\n"
         << "set ylabel 'speed-up'\nplot x with lines dashtype 2 lc 'black' title 'ideal'";
     for (size_t k = 0; k < series.size(); ++k)
-      out << ", $s" << k << " using 1:2 with linespoints lw 2 title '" << series[k].title << "'";
+      out << ", $s" << k << " using 1:2 " << style(series[k]) << " title '" << series[k].title << "'";
     out << "\nunset logscale y\nset ylabel 'efficiency'\nset yrange [0:1.05]\nset key left bottom\nplot 1 with lines dashtype 2 lc 'black' title 'ideal'";
     for (size_t k = 0; k < series.size(); ++k)
-      out << ", $s" << k << " using 1:3 with linespoints lw 2 title '" << series[k].title << "'";
+      out << ", $s" << k << " using 1:3 " << style(series[k]) << " title '" << series[k].title << "'";
     out << "\nunset multiplot\n";
   }
   const int status = std::system(("gnuplot '" + script.string() + "'").c_str());
@@ -1018,7 +1046,8 @@ int run_bucket_sweep(const Common& c, ScalingConfig s) {
       measured.push_back(run_ddp_ranks(c, s, w, n));
     }
   json doc = {{"benchmark", "bucket-sweep"}, {"machine", machine_info(c)}, {"batch_per_rank", s.batch_per_rank},
-              {"precision", c.precision}, {"compute_ms", s.compute_ms}, {"rows", json::array()}};
+              {"precision", c.precision}, {"compute_ms", s.compute_ms}, {"emulate_step_ms", s.emulate_step_ms},
+              {"rows", json::array()}};
   std::vector<std::string> columns = {"bucket_cap_mb", "buckets", "1rank_step_ms"};
   for (int n : measured_ranks)
     for (const char* k : {"step_ms", "exposed_ms", "model_ms", "err_pct", "model_same_n_ms", "err_pct"})
@@ -1069,6 +1098,8 @@ int run_bucket_sweep(const Common& c, ScalingConfig s) {
               c.model.c_str(), s.backend.c_str(), static_cast<long long>(s.batch_per_rank), c.precision.c_str(),
               static_cast<long long>(c.steps), static_cast<long long>(c.warmup), s.threads_per_rank, cores(),
               s.compute_ms > 0 ? ", link columns rescaled by --compute-ms" : "");
+  if (s.emulate_step_ms > 0)
+    std::printf("  emulated device: compute replaced by waits of %.1f ms per step\n", s.emulate_step_ms);
   for (size_t i = 0; i < measured_ranks.size(); ++i)
     std::printf("  %s at %d ranks (measured): alpha %.1f us, busbw %.3f GB/s\n", s.backend.c_str(), measured_ranks[i],
                 measured[i]["link"]["alpha_us"].get<double>(), measured[i]["link"]["busbw_gbps"].get<double>());
@@ -1088,6 +1119,10 @@ json run_dp(const Common& c, const ScalingConfig& s, int n) {
 /// or DP) with the model's predictions beside each measurement.
 int run_scaling(const Common& c, ScalingConfig s) {
   s.backend = pick_backend(s.backend, c.device);
+  if (s.emulate_step_ms > 0 && (s.strategy != "ddp" || c.precision != "fp32"))
+    throw std::invalid_argument(std::string("[") + kProgram + "] --emulate-step-ms expects --strategy ddp and --precision "
+                                "fp32 (the emulated device has no replicas and no dtypes), got --strategy " +
+                                s.strategy + " --precision " + c.precision);
   if (s.bucket_sweep) return run_bucket_sweep(c, s);
   if (!s.model_links.empty() || s.busbw_gbps > 0) return run_model_links(c, s);
   const bool dp = s.strategy == "dp";
@@ -1125,6 +1160,7 @@ int run_scaling(const Common& c, ScalingConfig s) {
               {"precision", c.precision}, {"steps", c.steps},
               {"warmup", c.warmup}, {"bucket_cap_mb", s.bucket_cap_mb},
               {"first_bucket_cap_mb", s.first_bucket_cap_mb}, {"threads_per_rank", s.threads_per_rank},
+              {"emulate_step_ms", s.emulate_step_ms},
               {"repeats", s.repeats}, {"rows", json::array()}};
   std::vector<std::string> columns = {"ranks", "variant", "samples_per_s", "speedup", "efficiency", "step_ms",
                                       "forward_ms", "backward_compute_ms", "exposed_comm_ms", "optimizer_ms"};
@@ -1141,7 +1177,11 @@ int run_scaling(const Common& c, ScalingConfig s) {
     // Speed-up against the first rank count of the same variant; ideal is n / n0.
     const double base = results[0][variant]["samples_per_s"];
     const int n0 = s.ranks[0];
-    Series line{variant == "dp" ? "DataParallel" : "DDP " + variant, {}, {}, {}};
+    const int color = static_cast<int>(&variant - variants.data()) + 1;  // one colour per variant
+    Series line{variant == "dp" ? "DataParallel" : "DDP " + variant, {}, {}, {}, false, color};
+    // The model's curve from the 1-rank profile, anchored at the measured first count.
+    Series modelled{"model " + variant + " (from 1 rank)", {static_cast<double>(n0)}, {static_cast<double>(n0)}, {1.0},
+                    true, color};
     for (size_t i = 0; i < s.ranks.size(); ++i) {
       json row = results[i][variant];
       const int n = s.ranks[i];
@@ -1182,6 +1222,12 @@ int run_scaling(const Common& c, ScalingConfig s) {
             row[k == 0 ? "model_1rank" : "model_same_n"] = {{"step_ms", pr.step_s * 1e3}, {"error_pct", err},
                                                              {"exposed_comm_ms", pr.exposed_s * 1e3},
                                                              {"hidden_fraction", pr.hidden_fraction}};
+            if (k == 0) {
+              const double model_speedup = static_cast<double>(s.batch_per_rank * n) / pr.step_s / base;
+              modelled.ranks.push_back(n);
+              modelled.speedup.push_back(model_speedup * n0);
+              modelled.efficiency.push_back(model_speedup / (static_cast<double>(n) / n0));
+            }
             cells.push_back(fmt(pr.step_s * 1e3, 2));
             cells.push_back(fmt(err, 1));
           }
@@ -1196,6 +1242,7 @@ int run_scaling(const Common& c, ScalingConfig s) {
       line.efficiency.push_back(efficiency);
     }
     series.push_back(line);
+    if (modelled.ranks.size() > 1) series.push_back(modelled);
   }
   std::printf("Scaling: %s over %s, model %s, batch %lld per rank, %s, %lld steps after %lld warm-up, median of %d "
               "run(s), %d OpenMP thread(s) per rank, %u cores%s\n",
@@ -1203,13 +1250,19 @@ int run_scaling(const Common& c, ScalingConfig s) {
               c.model.c_str(), static_cast<long long>(s.batch_per_rank), c.precision.c_str(),
               static_cast<long long>(c.steps), static_cast<long long>(c.warmup), s.repeats, s.threads_per_rank, cores(),
               c.device == "cuda" ? " (CUDA)" : "");
+  if (s.emulate_step_ms > 0)
+    std::printf("emulated device: %s's parameters and buckets, compute replaced by waits of %.1f ms per step "
+                "(forward 30%%, backward 60%%, optimizer 10%%)\n",
+                c.model.c_str(), s.emulate_step_ms);
   if (!dp)
     std::printf("model columns: step predicted with the link's alpha/busbw measured at n ranks, from the 1-rank "
                 "profile (model_1r) and from the n-rank run's own compute (model_same_n); err = predicted / measured - 1\n");
   print_table(columns, rows);
   write_outputs(c, doc, columns, rows);
   plot_scaling(s.png_path, "tandem-bench scaling: " + c.model + ", " + std::to_string(s.batch_per_rank) + "/rank, " +
-                               (dp ? "DataParallel" : "DDP over " + s.backend) + " (measured, " + c.device + ")",
+                               (dp ? "DataParallel" : "DDP over " + s.backend) + " (measured, " + c.device +
+                               (s.emulate_step_ms > 0 ? ", emulated device of a " + fmt(s.emulate_step_ms, 0) + " ms step" : "") +
+                               ")",
                series);
   return 0;
 }
@@ -1322,6 +1375,10 @@ int main(int argc, char** argv) {
   sc->add_option("--compute-ms", scaling.compute_ms,
                  "modelled links: scale the measured compute so one step takes this long (a faster device)")
       ->check(CLI::NonNegativeNumber);
+  sc->add_option("--emulate-step-ms", scaling.emulate_step_ms,
+                 "DDP ranks run an emulated device instead of computing: the model's parameters and buckets, "
+                 "forward/backward/optimizer waiting 30/60/10% of this many ms (a device per rank, whatever the cores)")
+      ->check(CLI::PositiveNumber);
   sc->add_flag("--bucket-sweep", scaling.bucket_sweep,
                "iteration time against bucket_cap_mb 1..100 and one bucket: measured at --ranks > 1, modelled on "
                "--model-links (default nvlink4) at --sweep-model-ranks");
@@ -1352,6 +1409,7 @@ int main(int argc, char** argv) {
   wk->add_option("--variants", worker.variants)->delimiter(',');
   wk->add_option("--precision", worker.precision);
   wk->add_flag("--measure-link", worker.measure_link);
+  wk->add_option("--emulate-step-ms", worker.emulate_step_ms);
   wk->add_option("--result", worker.result)->required();
 
   CLI11_PARSE(app, argc, argv);

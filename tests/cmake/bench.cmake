@@ -35,4 +35,21 @@ if(TANDEM_BUILD_BENCH)
         --steps 3 --warmup 1 --backend ${bench_backend} --json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.json
         --csv ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.csv --png ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.png)
   set_tests_properties(tandem_bench_scaling_model_links PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
+
+  # The emulated device (--emulate-step-ms): ranks wait instead of computing, and the
+  # 2-rank row carries the model's prediction from the 1-rank profile.
+  set(bench_json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_scaling_emulated.json)
+  add_test(NAME tandem_bench_scaling_emulated
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 0 "\"model_1rank\""
+      -- sh -c "rm -f \"$1\" && \"$0\" scaling --model cnn --ranks 1,2 --steps 4 --warmup 1 --overlap on --emulate-step-ms 20 --backend ${bench_backend} --json \"$1\" --csv '' --png '' | grep -q 'emulated device: cnn' && cat \"$1\""
+      $<TARGET_FILE:tandem-bench> ${bench_json})
+  set_tests_properties(tandem_bench_scaling_emulated PROPERTIES LABELS "cpu;bench" TIMEOUT 120)
+  add_test(NAME tandem_bench_scaling_emulated_needs_ddp
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 1 "--emulate-step-ms expects --strategy ddp and --precision fp32 .*got --strategy dp"
+      -- $<TARGET_FILE:tandem-bench> scaling --model cnn --strategy dp --ranks 1 --emulate-step-ms 20 --json '' --csv '' --png '')
+  set_tests_properties(tandem_bench_scaling_emulated_needs_ddp PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
 endif()
+
+# The emulated device of `tandem-bench scaling --emulate-step-ms` (bench/emulated_device.cpp),
+# compiled into its test binary like the scaling model.
+target_sources(test_emulated_device PRIVATE ${PROJECT_SOURCE_DIR}/bench/emulated_device.cpp)
