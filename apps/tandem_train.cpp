@@ -63,6 +63,7 @@ struct Config {
   std::string scale_lr = "none";
   // Precision, accumulation, activation checkpointing.
   std::string precision = "fp32";
+  bool tf32 = false;
   int64_t accumulate = 1;
   bool grad_checkpoint = false;
   // Checkpoints and logs.
@@ -234,6 +235,7 @@ train::TrainerConfig trainer_config(const Config& cfg, const Plan& plan, const R
   if (cfg.bucket_cap_mb) s.ddp.bucket_cap_mb = *cfg.bucket_cap_mb;
   t.precision.use_amp = cfg.precision != "fp32";
   t.precision.amp_dtype = cfg.precision == "fp16" ? DType::kF16 : DType::kBF16;
+  t.precision.allow_tf32 = cfg.tf32;
   auto& o = t.optimizer;
   o.name = cfg.optimizer;
   o.lr = cfg.lr.value_or(cfg.optimizer == "sgd" ? 0.05 : 1e-3);
@@ -302,6 +304,7 @@ void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::
                                       {"accumulate", cfg.accumulate},
                                       {"global_batch_size", plan.global_batch * cfg.accumulate},
                                       {"precision", cfg.precision},
+                                      {"tf32", cfg.tf32},
                                       {"grad_checkpoint", cfg.grad_checkpoint},
                                       {"optimizer", cfg.optimizer},
                                       {"lr", last.lr},
@@ -548,6 +551,10 @@ int main(int argc, char** argv) {
                  "weights; fp16 also scales the loss dynamically and reports skipped steps)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str()
+      ->group(amp);
+  app.add_flag("--tf32", cfg.tf32,
+               "f32 matrix products and convolutions on the GPU may use TF32 tensor cores (faster, 10-bit mantissa "
+               "inputs; as PyTorch's allow_tf32 flags)")
       ->group(amp);
   app.add_option("--accumulate", cfg.accumulate,
                  "Micro-batches of --batch-size per optimizer step (the loss is divided by it; ddp reduces "

@@ -169,6 +169,7 @@ int main(int argc, char** argv) {
   int prefetch_depth = data::DataLoaderOptions{}.prefetch_depth;
   std::string precision = "fp32";
   bool grad_checkpoint = false;
+  bool tf32 = false;
   app.add_option("--model", model_name, "mlp, cnn (Fashion-MNIST) or resnet18 (3x32x32 synthetic images)")
       ->capture_default_str()
       ->check(CLI::IsMember({"mlp", "cnn", "resnet18"}));
@@ -202,10 +203,14 @@ int main(int argc, char** argv) {
   app.add_flag("--grad-checkpoint", grad_checkpoint,
                "activation checkpointing: mlp, cnn in round(sqrt(layers)) segments; resnet18 one segment per "
                "block of each stage (the last segment of each Sequential is not recomputed)");
+  app.add_flag("--tf32", tf32,
+               "f32 matrix products and convolutions on TF32 tensor cores (cuda::set_allow_tf32; as PyTorch's "
+               "allow_tf32 flags; no effect on the CPU)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     const Device device = Device::parse(device_text);
+    cuda::set_allow_tf32(tf32);
     const bool fashion = model_name != "resnet18";
     if (batch_size == 0) batch_size = fashion ? 128 : 32;
     if (warmup_steps < 0) warmup_steps = fashion ? 0 : 3;
@@ -332,6 +337,7 @@ int main(int argc, char** argv) {
         {"final_loss", last_loss.item()},
         {"prefetch_depth", prefetch_depth},
         {"precision", precision},
+        {"tf32", tf32},
         {"grad_checkpoint", grad_checkpoint},
         {"checkpoint_segments", checkpoint_segments},
         {"skipped_steps", scaler.skipped_steps()},

@@ -84,6 +84,23 @@ TEST_F(CudaConv, Conv2dRepeatedCallsReuseTheCachedAlgorithm) {
   for (int i = 0; i < 2; ++i) EXPECT_TRUE(all_close(conv2d(x, w, b, {.padding = 1}).cpu(), first, 0, 0));
 }
 
+TEST_F(CudaConv, Conv2dWithTf32AllowedStaysCloseAndStrictModeComesBack) {
+  if (!TANDEM_CUDNN) GTEST_SKIP() << "this build has no cuDNN";
+  // Whether cuDNN then picks a tensor-core algorithm is its choice; either way the
+  // result stays within TF32 error, and switching back gives strict FP32 again (the
+  // algorithm cache keeps the two modes apart).
+  Tensor x = random_tensor({16, 64, 32, 32}, 520, DType::kF32);
+  Tensor w = random_tensor({64, 64, 3, 3}, 521, DType::kF32);
+  const Tensor want = conv2d(x, w, Tensor(), {.padding = 1});
+  const Tensor xg = x.to(Device::cuda()), wg = w.to(Device::cuda());
+  cuda::set_allow_tf32(true);
+  const double tf32 = testing::relative_error(conv2d(xg, wg, Tensor(), {.padding = 1}).cpu(), want);
+  cuda::set_allow_tf32(false);
+  const double strict = testing::relative_error(conv2d(xg, wg, Tensor(), {.padding = 1}).cpu(), want);
+  EXPECT_LT(tf32, 5e-3);
+  EXPECT_LT(strict, 1e-5) << "TF32 was " << tf32;
+}
+
 TEST_F(CudaConv, Conv2dLayerOnTheGpu) {
   if (!TANDEM_CUDNN) GTEST_SKIP() << "this build has no cuDNN";
   nn::Conv2d conv(3, 8, 3, {.stride = 2, .padding = 1});

@@ -71,6 +71,23 @@ TEST_F(CudaLinalg, LinearMlpSizedIsFullFp32) {
                 {{128, 784}, {256, 784}, {256}}, DType::kF32, 8);
 }
 
+TEST_F(CudaLinalg, Tf32IsOffByDefaultAndTradesPrecisionWhenAllowed) {
+  // A 1024-deep f32 product: strict FP32 stays within accumulation error of the CPU;
+  // TF32 (10-bit mantissa inputs) lands about 1e-4..1e-3 away, measurably further.
+  EXPECT_FALSE(cuda::allow_tf32());
+  Tensor a = random_tensor({512, 1024}, 40, DType::kF32), b = random_tensor({1024, 384}, 41, DType::kF32);
+  const Tensor want = matmul(a, b);
+  const double strict = testing::relative_error(matmul(a.to(Device::cuda()), b.to(Device::cuda())).cpu(), want);
+  cuda::set_allow_tf32(true);
+  const double tf32 = testing::relative_error(matmul(a.to(Device::cuda()), b.to(Device::cuda())).cpu(), want);
+  cuda::set_allow_tf32(false);
+  EXPECT_LT(strict, 1e-5);
+  EXPECT_LT(tf32, 5e-3);
+  EXPECT_GT(tf32, 10 * strict) << "TF32 allowed, yet the product is as exact as strict FP32";
+  // Back off: strict again.
+  EXPECT_LT(testing::relative_error(matmul(a.to(Device::cuda()), b.to(Device::cuda())).cpu(), want), 1e-5);
+}
+
 TEST_F(CudaLinalg, EmptyInnerDimGivesZeros) {
   Tensor a = Tensor::empty({3, 0}, {.device = Device::cuda()}), b = Tensor::empty({0, 4}, {.device = Device::cuda()});
   EXPECT_TRUE(all_close(matmul(a, b).cpu(), zeros({3, 4})));

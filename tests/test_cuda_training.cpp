@@ -225,7 +225,7 @@ TEST(CudaTraining, TandemTrainCnnReachesTheReadmeAccuracyInTwoEpochs) {
   expect_trained(tandem_train("--model cnn --epochs 2 --device cuda"), 0.88);
 }
 
-TEST(CudaTraining, TandemTrainMixedPrecisionOnTheGpu) {
+TEST(CudaTraining, TandemTrainMixedPrecisionAndTf32OnTheGpu) {
   REQUIRE_TANDEM_TRAIN();
   for (const char* precision : {"bf16", "fp16"}) {
     SCOPED_TRACE(precision);
@@ -233,6 +233,9 @@ TEST(CudaTraining, TandemTrainMixedPrecisionOnTheGpu) {
     expect_trained(run, 0.85);
     EXPECT_EQ(run.result["precision"], precision);
   }
+  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --tf32");
+  expect_trained(run, 0.85);
+  EXPECT_EQ(run.result["tf32"], true);
 }
 
 TEST(CudaTraining, TandemTrainDataParallelWithTheGpuListedTwice) {

@@ -60,6 +60,9 @@ struct PrecisionConfig {
   /// kBF16 or kF16; f16 also scales the loss with a GradScaler.
   DType amp_dtype = DType::kBF16;
   optim::GradScalerOptions scaler = {};
+  /// f32 matrix products and convolutions on the GPU may use TF32 tensor cores
+  /// (cuda::set_allow_tf32, which the Trainer sets process-wide when it is built).
+  bool allow_tf32 = false;
 };
 
 struct OptimizerConfig {

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "kernels/cuda/stream.h"
+#include "kernels/cuda/tf32.h"
 
 namespace tandem::cuda {
 
@@ -26,6 +27,13 @@ std::string pci_bus_id(int index);
 
 int current_device();
 void set_device(int index);
+
+/// Lets f32 matrix products and convolutions on the GPU use TF32 tensor cores (inputs
+/// rounded to a 10-bit mantissa, f32 accumulation), as PyTorch's
+/// torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 together.
+/// Off by default; process-wide; takes effect at the next call; no effect on the CPU.
+inline void set_allow_tf32(bool on) { kernels::cuda::tf32_allowed().store(on); }
+inline bool allow_tf32() { return kernels::cuda::tf32_allowed().load(); }
 
 /// Makes `index` the current device for the life of the guard.
 class DeviceGuard {

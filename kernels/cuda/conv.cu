@@ -4,8 +4,9 @@
 // heuristics (Get*_v7) for the candidates, sizes a workspace for the largest of them
 // (capped at kMaxFindWorkspace), times them with Find*Ex on the call's own buffers and
 // caches the fastest; later calls reuse it. f32 and f64 run with CUDNN_FMA_MATH (no
-// TF32, so results stay comparable with the CPU, as the cuBLAS wrapper does); f16/bf16
-// with tensor-op math and f32 accumulation.
+// TF32, so results stay comparable with the CPU, as the cuBLAS wrapper does) unless
+// tf32_allowed() (kernels/cuda/tf32.h) lets f32 use TF32 tensor cores; f16/bf16 with
+// tensor-op math and f32 accumulation.
 //
 // Handles are per thread and per device (a cuDNN handle must not be used by two threads
 // at once), bound to the call's stream by cudnnSetStream each time, and return to a
@@ -23,6 +24,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/handle_pool.h"
 #include "kernels/cuda/reduce_group.cuh"
+#include "kernels/cuda/tf32.h"
 #include "tandem/config.h"
 
 #if TANDEM_CUDNN
@@ -163,7 +165,7 @@ struct ConvDescriptors {
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
 
-  ConvDescriptors(DType dtype, const Window2d& g, int64_t out_channels, int64_t groups) {
+  ConvDescriptors(DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, bool tf32) {
     const cudnnDataType_t dt = data_type(dtype);
     const auto i = [](int64_t v) {
       if (v > INT32_MAX) throw std::invalid_argument("[conv2d] cuDNN takes 32-bit extents, got " + std::to_string(v));
@@ -183,8 +185,12 @@ struct ConvDescriptors {
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, i(g.pad_h), i(g.pad_w), i(g.stride_h), i(g.stride_w),
                                                 i(g.dilation_h), i(g.dilation_w), CUDNN_CROSS_CORRELATION, compute));
     CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, i(groups)));
+    // Tensor cores for half types; for f32 only with TF32 allowed (CUDNN_DEFAULT_MATH
+    // permits TF32 there; CUDNN_FMA_MATH never uses tensor cores).
     const bool narrow = dtype == DType::kF16 || dtype == DType::kBF16;
-    CUDNN_CHECK(cudnnSetConvolutionMathType(conv, narrow ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+    const bool tf32_f32 = tf32 && dtype == DType::kF32;
+    CUDNN_CHECK(cudnnSetConvolutionMathType(
+        conv, narrow ? CUDNN_TENSOR_OP_MATH : (tf32_f32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH)));
   }
   ~ConvDescriptors() {
     // Destroy calls cannot usefully fail; a destructor must not throw.
@@ -212,7 +218,7 @@ struct Scalars {
 enum class Pass { kForward, kBackwardData, kBackwardFilter };
 
 using Key = std::tuple<int, int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;
 
 /// The largest power of two, up to 256, that divides every address: tensors are views
 /// at element offsets into their storage, and an algorithm timed on 256-byte aligned
@@ -224,10 +230,10 @@ int alignment(std::initializer_list<const void*> ptrs) {
   return static_cast<int>(bits & (~bits + 1));
 }
 
-Key make_key(Pass pass, DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, int align) {
+Key make_key(Pass pass, DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, int align, bool tf32) {
   return Key{static_cast<int>(pass), current_device(), static_cast<int>(dtype), g.batch, g.channels, g.in_h, g.in_w,
              out_channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
-             g.dilation_h, g.dilation_w, groups, align};
+             g.dilation_h, g.dilation_w, groups, align, tf32 && dtype == DType::kF32};
 }
 
 struct Choice {
@@ -295,10 +301,12 @@ Choice choose(const Key& key, Find&& find) {
   return cache.choices.emplace(key, c).first->second;
 }
 
-/// Runs the chosen algorithm in the math mode it was timed with, except that f32/f64
-/// stay on FMA math whatever Find reported (CUDNN_DEFAULT_MATH would permit TF32).
-void apply_math(const ConvDescriptors& d, DType dtype, const Choice& c) {
-  if (dtype == DType::kF16 || dtype == DType::kBF16) CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, c.math));
+/// Runs the chosen algorithm in the math mode it was timed with, except that f64, and
+/// f32 without TF32, stay on FMA math whatever Find reported (CUDNN_DEFAULT_MATH would
+/// permit TF32).
+void apply_math(const ConvDescriptors& d, DType dtype, bool tf32, const Choice& c) {
+  if (dtype == DType::kF16 || dtype == DType::kBF16 || (tf32 && dtype == DType::kF32))
+    CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, c.math));
 }
 
 }  // namespace
@@ -308,8 +316,9 @@ bool conv2d_has_cudnn() { return true; }
 void conv2d_forward(DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, const void* x,
                     const void* w, const void* bias, void* y, const WorkspaceFn& workspace, cudaStream_t stream) {
   cudnnHandle_t handle = handle_for(stream);
-  ConvDescriptors d(dtype, g, out_channels, groups);
-  const Choice c = choose(make_key(Pass::kForward, dtype, g, out_channels, groups, alignment({x, w, y})), [&] {
+  const bool tf32 = tf32_allowed().load();
+  ConvDescriptors d(dtype, g, out_channels, groups, tf32);
+  const Choice c = choose(make_key(Pass::kForward, dtype, g, out_channels, groups, alignment({x, w, y}), tf32), [&] {
     constexpr int kMax = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
     cudnnConvolutionFwdAlgoPerf_t perf[kMax];
     int count = 0;
@@ -319,7 +328,7 @@ void conv2d_forward(DType dtype, const Window2d& g, int64_t out_channels, int64_
                                                        ws, bytes));
     return fastest(perf, count, "forward");
   });
-  apply_math(d, dtype, c);
+  apply_math(d, dtype, tf32, c);
   void* ws = workspace(c.workspace);
   const Scalars s(dtype);
   CUDNN_CHECK(cudnnConvolutionForward(handle, s.one(), d.x, x, d.w, w, d.conv,
@@ -331,8 +340,9 @@ void conv2d_forward(DType dtype, const Window2d& g, int64_t out_channels, int64_
 void conv2d_backward_data(DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, const void* w,
                           const void* dy, void* dx, const WorkspaceFn& workspace, cudaStream_t stream) {
   cudnnHandle_t handle = handle_for(stream);
-  ConvDescriptors d(dtype, g, out_channels, groups);
-  const Choice c = choose(make_key(Pass::kBackwardData, dtype, g, out_channels, groups, alignment({w, dy, dx})), [&] {
+  const bool tf32 = tf32_allowed().load();
+  ConvDescriptors d(dtype, g, out_channels, groups, tf32);
+  const Choice c = choose(make_key(Pass::kBackwardData, dtype, g, out_channels, groups, alignment({w, dy, dx}), tf32), [&] {
     constexpr int kMax = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
     cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
     int count = 0;
@@ -342,7 +352,7 @@ void conv2d_backward_data(DType dtype, const Window2d& g, int64_t out_channels, 
                                                             perf, ws, bytes));
     return fastest(perf, count, "backward-data");
   });
-  apply_math(d, dtype, c);
+  apply_math(d, dtype, tf32, c);
   void* ws = workspace(c.workspace);
   const Scalars s(dtype);
   CUDNN_CHECK(cudnnConvolutionBackwardData(handle, s.one(), d.w, w, d.y, dy, d.conv,
@@ -353,8 +363,9 @@ void conv2d_backward_data(DType dtype, const Window2d& g, int64_t out_channels, 
 void conv2d_backward_filter(DType dtype, const Window2d& g, int64_t out_channels, int64_t groups, const void* x,
                             const void* dy, void* dw, const WorkspaceFn& workspace, cudaStream_t stream) {
   cudnnHandle_t handle = handle_for(stream);
-  ConvDescriptors d(dtype, g, out_channels, groups);
-  const Choice c = choose(make_key(Pass::kBackwardFilter, dtype, g, out_channels, groups, alignment({x, dy, dw})), [&] {
+  const bool tf32 = tf32_allowed().load();
+  ConvDescriptors d(dtype, g, out_channels, groups, tf32);
+  const Choice c = choose(make_key(Pass::kBackwardFilter, dtype, g, out_channels, groups, alignment({x, dy, dw}), tf32), [&] {
     constexpr int kMax = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
     cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
     int count = 0;
@@ -364,7 +375,7 @@ void conv2d_backward_filter(DType dtype, const Window2d& g, int64_t out_channels
                                                               perf, ws, bytes));
     return fastest(perf, count, "backward-filter");
   });
-  apply_math(d, dtype, c);
+  apply_math(d, dtype, tf32, c);
   void* ws = workspace(c.workspace);
   const Scalars s(dtype);
   CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle, s.one(), d.x, x, d.y, dy, d.conv,

@@ -13,13 +13,14 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/handle_pool.h"
+#include "kernels/cuda/tf32.h"
 
 namespace tandem::kernels::cuda {
 
 namespace {
 
-/// A cuBLAS handle with plain FP32 math for f32 (no TF32), so GPU results stay
-/// comparable with the CPU's.
+/// A cuBLAS handle; its math mode is set per call (f32 on TF32 tensor cores only when
+/// allowed, so by default GPU results stay comparable with the CPU's).
 cublasHandle_t create_cublas_handle() {
   cublasHandle_t handle = nullptr;
   CUBLAS_CHECK(cublasCreate(&handle));
@@ -35,6 +36,8 @@ cublasHandle_t handle_for(cudaStream_t stream) {
   // Set on every call: the same handle serves whichever stream is current, and
   // cublasSetStream also puts the handle back on cuBLAS's default workspace.
   CUBLAS_CHECK(cublasSetStream(handle, stream));
+  // Per call too: the switch may change between calls (it affects f32 routines only).
+  CUBLAS_CHECK(cublasSetMathMode(handle, tf32_allowed().load() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   return handle;
 }
 

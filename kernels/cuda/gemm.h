@@ -12,7 +12,8 @@ namespace tandem::kernels::cuda {
 
 /// Row-major C = alpha·op(A)·op(B) (+ C when `accumulate`) on the current device,
 /// as kernels::cpu::gemm. Runs on `stream` with this thread's cuBLAS handle for the
-/// current device. f32 uses full-precision FP32 math (no TF32).
+/// current device. f32 uses full-precision FP32 math, or TF32 tensor cores when
+/// tf32_allowed() (kernels/cuda/tf32.h).
 void gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const void* a,
           int64_t lda, const void* b, int64_t ldb, bool accumulate, void* c, int64_t ldc, cudaStream_t stream);
 

@@ -25,6 +25,11 @@ if(TARGET tandem-train)
         --epochs 2 --optimizer ${opt} --schedule ${sched} ${extra} --device cpu)
     set_tests_properties(tandem_train_synthetic_${opt}_${sched} PROPERTIES LABELS "cpu;app")
   endforeach()
+  # --tf32 is accepted everywhere and reported (it changes nothing on the CPU).
+  add_test(NAME tandem_train_tf32_flag
+    COMMAND ${check} 0 "\"tf32\":true" -- $<TARGET_FILE:tandem-train>
+      --model mlp --dataset synthetic --synthetic-samples 256 --batch-size 64 --epochs 1 --tf32 --device cpu)
+  set_tests_properties(tandem_train_tf32_flag PROPERTIES LABELS "cpu;app")
 
   set(bad_flags
     "epochs_zero|--epochs 0|--epochs: expected a value > 0, got 0"
