@@ -16,6 +16,9 @@ line per loop variant:
               shuffle=True (pin_memory on CUDA)
   indexed     the fastest reasonable loop: index pre-loaded tensors (on the target
               device) with a fresh torch.randperm each epoch
+  compiled    (--compile) the indexed loop over torch.compile(model), full batches only
+              (a last, smaller batch would recompile inside the timed loop); at least 3
+              untimed warm-up steps, where the compilation happens
 
 Only the training loop is timed (loader work included, data-set loading and warm-up
 steps excluded). --breakdown adds where the time went, as tandem-compare does.
@@ -23,6 +26,9 @@ steps excluded). --breakdown adds where the time went, as tandem-compare does.
   --precision bf16|fp16   forward and loss under torch.autocast(device type, dtype); fp16
                           with torch.cuda.amp.GradScaler. The CPU autocast of torch 1.13
                           supports bf16 only: fp16 on the CPU prints an "unsupported" line.
+  --tf32                  torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+                          on (off without it: PyTorch's own default lets cuDNN use TF32, so
+                          both are set explicitly either way, as tandem-compare --tf32)
   --grad-checkpoint       activation checkpointing with the segments tandem-compare uses:
                           mlp, cnn in round(sqrt(layers)) segments of the nn.Sequential;
                           resnet18 each stage (layer1..4) in one segment per block; the
@@ -222,7 +228,12 @@ class Precision:
 
     def __init__(self, name, device):
         self.name, self.device = name, device
-        self.scaler = torch.cuda.amp.GradScaler(enabled=name == "fp16" and device.type == "cuda")
+        enabled = name == "fp16" and device.type == "cuda"
+        # torch.amp.GradScaler from torch 2.3 on (torch.cuda.amp's is deprecated there).
+        if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+            self.scaler = torch.amp.GradScaler("cuda", enabled=enabled)
+        else:
+            self.scaler = torch.cuda.amp.GradScaler(enabled=enabled)
 
     def autocast(self):
         if self.name == "fp32":
@@ -371,12 +382,12 @@ def train_dataloader(model, optimizer, x, y, device, epochs, batch_size, loop):
             loop.step(model, optimizer, xb, yb)
 
 
-def train_indexed(model, optimizer, x, y, device, epochs, batch_size, loop):
+def train_indexed(model, optimizer, x, y, device, epochs, batch_size, loop, full_batches_only=False):
     n = x.shape[0]
     for _ in range(epochs):
         perm = torch.randperm(n, device=device)
         for start in range(0, n, batch_size):
-            if loop.done():
+            if loop.done() or (full_batches_only and start + batch_size > n):
                 return
             idx = perm[start:start + batch_size]
             loop.step(model, optimizer, x[idx], y[idx])
@@ -391,7 +402,8 @@ def cpu_peak_memory(train, args_for_train, warmup, steps, device, prec):
         train(*args_for_train, loop)
     records = [e for e in prof.profiler.kineto_results.events()
                if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    records.sort(key=lambda e: e.start_us())  # stable: ties keep the order of recording
+    # Stable: ties keep the order of recording. (torch 1.13 has start_us, 2.x start_ns.)
+    records.sort(key=lambda e: e.start_ns() if hasattr(e, "start_ns") else e.start_us())
     held = peak = 0
     for e in records:
         held += e.nbytes()
@@ -424,6 +436,10 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads (default: number of cores)")
     parser.add_argument("--variant", choices=["dataloader", "indexed", "all"], default="all")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run the compiled variant: the indexed loop over torch.compile(model)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 in f32 matrix products and convolutions (CUDA); off: both flags off")
     parser.add_argument("--breakdown", choices=["none", "phases", "layers"], default="none",
                         help="time loader/forward/loss/zero_grad/backward/step; layers: also per child (mlp, cnn)")
     parser.add_argument("--seed", type=int, default=0)
@@ -454,6 +470,10 @@ def main():
                          f"got torch {torch.__version__} with torch.cuda.is_available() == False "
                          f"(Debian's python3-torch is built without CUDA)")
     variants = ["dataloader", "indexed"] if args.variant == "all" else [args.variant]
+    if args.compile:
+        variants.append("compiled")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     if args.precision == "fp16" and device.type == "cpu":
         # torch 1.13's CPU autocast rejects float16 (and newer ones are not in Debian).
         for variant in variants:
@@ -473,8 +493,23 @@ def main():
 
     for variant in variants:
         model, optimizer, segments = make_model(args.model, device, args.seed, args.grad_checkpoint)
+        variant_warmup = warmup
         if variant == "dataloader":
             x, y, train = x_train, y_train, train_dataloader
+        elif variant == "compiled":
+            if not hasattr(torch, "compile"):
+                print(json.dumps({"framework": "pytorch", "model": args.model, "variant": variant,
+                                  "precision": args.precision, "device": str(device),
+                                  "torch_version": torch.__version__,
+                                  "unsupported": f"torch {torch.__version__} has no torch.compile (2.0 and later)"}),
+                      flush=True)
+                continue
+            model = torch.compile(model)
+            variant_warmup = max(warmup, 3)
+
+            def train(*a, **kw):
+                train_indexed(*a, **kw, full_batches_only=True)
+            x, y = x_train.to(device), y_train.to(device)
         else:
             x, y, train = x_train.to(device), y_train.to(device), train_indexed
         bd = Breakdown(args.breakdown, device) if args.breakdown != "none" else None
@@ -482,7 +517,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             mem_before = torch.cuda.memory_allocated(device)
-        loop = Loop(warmup, max_steps, bd, device, prec)
+        loop = Loop(variant_warmup, max_steps, bd, device, prec)
         train(model, optimizer, x, y, device, epochs, batch_size, loop)
         sync(device)
         train_s = time.perf_counter() - loop.start
@@ -507,12 +542,13 @@ def main():
             "epochs": epochs,
             "device": str(device),
             "batch_size": batch_size,
-            "train_steps": loop.seen - warmup,
-            "warmup_steps": warmup,
+            "train_steps": loop.seen - variant_warmup,
+            "warmup_steps": variant_warmup,
             "train_seconds": train_s,
             "load_seconds": load_s,
             "final_loss": loop.loss.item(),
             "precision": args.precision,
+            "tf32": args.tf32,
             "grad_checkpoint": args.grad_checkpoint,
             "checkpoint_segments": segments,
             "torch_version": torch.__version__,
