@@ -235,7 +235,7 @@ train::TrainerConfig trainer_config(const Config& cfg, const Plan& plan, const R
   if (cfg.bucket_cap_mb) s.ddp.bucket_cap_mb = *cfg.bucket_cap_mb;
   t.precision.use_amp = cfg.precision != "fp32";
   t.precision.amp_dtype = cfg.precision == "fp16" ? DType::kF16 : DType::kBF16;
-  t.precision.allow_tf32 = cfg.tf32;
+  if (cfg.tf32) t.precision.allow_tf32 = true;
   auto& o = t.optimizer;
   o.name = cfg.optimizer;
   o.lr = cfg.lr.value_or(cfg.optimizer == "sgd" ? 0.05 : 1e-3);

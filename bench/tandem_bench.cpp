@@ -1223,7 +1223,9 @@ int run_scaling(const Common& c, ScalingConfig s) {
                                                              {"exposed_comm_ms", pr.exposed_s * 1e3},
                                                              {"hidden_fraction", pr.hidden_fraction}};
             if (k == 0) {
-              const double model_speedup = static_cast<double>(s.batch_per_rank * n) / pr.step_s / base;
+              // The measured speed-up (wall-clock samples/s) moved by the prediction's
+              // error on the median step, so the gap between the curves is the err column.
+              const double model_speedup = speedup * row["step_ms"].get<double>() / (pr.step_s * 1e3);
               modelled.ranks.push_back(n);
               modelled.speedup.push_back(model_speedup * n0);
               modelled.efficiency.push_back(model_speedup / (static_cast<double>(n) / n0));

@@ -93,9 +93,11 @@ TEST_F(CudaConv, Conv2dWithTf32AllowedStaysCloseAndStrictModeComesBack) {
   Tensor w = random_tensor({64, 64, 3, 3}, 521, DType::kF32);
   const Tensor want = conv2d(x, w, Tensor(), {.padding = 1});
   const Tensor xg = x.to(Device::cuda()), wg = w.to(Device::cuda());
-  cuda::set_allow_tf32(true);
-  const double tf32 = testing::relative_error(conv2d(xg, wg, Tensor(), {.padding = 1}).cpu(), want);
-  cuda::set_allow_tf32(false);
+  double tf32 = 0;
+  {
+    cuda::AllowTf32Guard on(true);
+    tf32 = testing::relative_error(conv2d(xg, wg, Tensor(), {.padding = 1}).cpu(), want);
+  }
   const double strict = testing::relative_error(conv2d(xg, wg, Tensor(), {.padding = 1}).cpu(), want);
   EXPECT_LT(tf32, 5e-3);
   EXPECT_LT(strict, 1e-5) << "TF32 was " << tf32;

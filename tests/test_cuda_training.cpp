@@ -81,7 +81,10 @@ TEST(CudaTraining, TrainerOnTheGpuMatchesTheCpu) {
   const std::vector<Case> cases = {
       {"mlp", {1, 28, 28}, 1e-5,
        [] { return std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {64}, .out = 10}); }},
-      {"cnn", {1, 28, 28}, 1e-4,
+      // 1e-3: cuDNN's algorithms round differently from the CPU's unfold GEMM, and batch
+      // norm divides by batch statistics over 10 momentum steps; not yet measured on a
+      // GPU. A wrong gradient or update is off by far more.
+      {"cnn", {1, 28, 28}, 1e-3,
        [] { return std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28}); }},
   };
   for (const Case& k : cases) {
@@ -141,8 +144,10 @@ TEST(CudaTraining, NoCudaMallocOnceTheLoopIsWarm) {
     }
     optim::GradScaler scaler(optim::GradScalerOptions{.enabled = k.precision == "fp16"});
     auto data = images(32, k.sample, 21);
-    int64_t allocs_after_two = 0;
-    for (int step = 0; step < 6; ++step) {
+    // The baseline after step 4, not 2: fp16 may skip its first steps (scale overflow),
+    // and SGD's momentum buffers appear at the first step taken.
+    int64_t allocs_when_warm = 0;
+    for (int step = 0; step < 8; ++step) {
       // A fresh host batch each step, as a loader delivers it.
       Tensor x = data->inputs().narrow(0, (step % 2) * 16, 16).to(kGpu);
       Tensor y = data->targets().narrow(0, (step % 2) * 16, 16).to(kGpu);
@@ -157,10 +162,13 @@ TEST(CudaTraining, NoCudaMallocOnceTheLoopIsWarm) {
       scaler.step(*opt);
       scaler.update();
       EXPECT_TRUE(std::isfinite(loss.item())) << "step " << step;
-      if (step == 1) allocs_after_two = cuda::memory_stats(0).num_device_allocs;
+      if (step == 3) allocs_when_warm = cuda::memory_stats(0).num_device_allocs;
     }
-    EXPECT_EQ(cuda::memory_stats(0).num_device_allocs, allocs_after_two)
-        << "cudaMalloc after the second step: the caching allocator did not serve steps 3-6 from its cache";
+    EXPECT_EQ(cuda::memory_stats(0).num_device_allocs, allocs_when_warm)
+        << "cudaMalloc in steps 5-8: the caching allocator did not serve a warm loop from its cache";
+    if (k.precision == "fp16") {
+      EXPECT_LT(scaler.skipped_steps(), 4);
+    }
   }
 }
 
@@ -207,7 +215,8 @@ TrainRun tandem_train(const std::string& args, int timeout_s = 120) {
     SKIP_UNDER_MEMCHECK();                                                                              \
     if (!std::filesystem::exists(std::string(TANDEM_BINARY_DIR) + "/apps/tandem-train"))                \
       GTEST_SKIP() << "tandem-train not built (TANDEM_BUILD_APPS=OFF)";                                 \
-    if (!std::filesystem::exists(std::string(TANDEM_FASHION_MNIST_DIR) + "/train-images-idx3-ubyte.gz")) \
+    if (!std::filesystem::exists(std::string(TANDEM_FASHION_MNIST_DIR) + "/train-images-idx3-ubyte.gz") && \
+        !std::filesystem::exists(std::string(TANDEM_FASHION_MNIST_DIR) + "/train-images-idx3-ubyte"))      \
       GTEST_SKIP() << "Fashion-MNIST not in " << TANDEM_FASHION_MNIST_DIR;                              \
   } while (0)
 
@@ -225,14 +234,23 @@ TEST(CudaTraining, TandemTrainCnnReachesTheReadmeAccuracyInTwoEpochs) {
   expect_trained(tandem_train("--model cnn --epochs 2 --device cuda"), 0.88);
 }
 
-TEST(CudaTraining, TandemTrainMixedPrecisionAndTf32OnTheGpu) {
+// One run per test: each stays well inside ctest's per-test limit (gpu-check: 150 s).
+TEST(CudaTraining, TandemTrainBf16) {
   REQUIRE_TANDEM_TRAIN();
-  for (const char* precision : {"bf16", "fp16"}) {
-    SCOPED_TRACE(precision);
-    const TrainRun run = tandem_train(std::string("--model cnn --epochs 1 --device cuda --precision ") + precision);
-    expect_trained(run, 0.85);
-    EXPECT_EQ(run.result["precision"], precision);
-  }
+  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --precision bf16");
+  expect_trained(run, 0.85);
+  EXPECT_EQ(run.result["precision"], "bf16");
+}
+
+TEST(CudaTraining, TandemTrainFp16WithLossScaling) {
+  REQUIRE_TANDEM_TRAIN();
+  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --precision fp16");
+  expect_trained(run, 0.85);
+  EXPECT_EQ(run.result["precision"], "fp16");
+}
+
+TEST(CudaTraining, TandemTrainTf32) {
+  REQUIRE_TANDEM_TRAIN();
   const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --tf32");
   expect_trained(run, 0.85);
   EXPECT_EQ(run.result["tf32"], true);
@@ -245,27 +263,36 @@ TEST(CudaTraining, TandemTrainDataParallelWithTheGpuListedTwice) {
   EXPECT_EQ(run.result["strategy"], "dp");
 }
 
-TEST(CudaTraining, TandemTrainDdpOnOneGpu) {
+TEST(CudaTraining, TandemTrainDdpTwoLocalRanksSharingTheGpu) {
   REQUIRE_TANDEM_TRAIN();
-  // Two local-backend ranks (threads) sharing the GPU, and NCCL at world size 1 (a
-  // spawned rank, as on a one-GPU node).
-  for (const char* args : {"--strategy ddp --devices 2 --backend local --batch-size 64", "--strategy ddp --devices 1"}) {
-    SCOPED_TRACE(args);
-    const TrainRun run = tandem_train(std::string("--model cnn --epochs 1 --device cuda ") + args);
-    expect_trained(run, 0.85);
-    EXPECT_EQ(run.result["strategy"], "ddp");
-  }
+  // Ranks as threads of one process; 64 per rank, 128 in all as the single-GPU runs.
+  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --strategy ddp --devices 2 --backend local "
+                                    "--batch-size 64");
+  expect_trained(run, 0.85);
+  EXPECT_EQ(run.result["strategy"], "ddp");
+  EXPECT_EQ(run.result["world_size"], 2);
 }
 
-TEST(CudaTraining, TandemTrainCheckpointingAccumulationAndResNet) {
+TEST(CudaTraining, TandemTrainDdpOverNcclAtWorldSizeOne) {
+  REQUIRE_TANDEM_TRAIN();
+  // One rank in this process over NCCL, as on a one-GPU node.
+  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --strategy ddp --devices 1");
+  expect_trained(run, 0.85);
+  EXPECT_EQ(run.result["backend"], "nccl");
+}
+
+TEST(CudaTraining, TandemTrainCheckpointingWithAccumulation) {
   REQUIRE_TANDEM_TRAIN();
   expect_trained(tandem_train("--model cnn --epochs 1 --device cuda --grad-checkpoint --accumulate 2 --batch-size 64"),
                  0.85);
-  // ResNet-18 on random images: runs end to end (accuracy is chance there).
-  const TrainRun run = tandem_train(
-      "--model resnet18 --dataset synthetic --synthetic-shape 3,32,32 --synthetic-samples 1024 --batch-size 64 "
-      "--epochs 1 --device cuda --precision bf16");
-  expect_trained(run, 0.0);
+}
+
+TEST(CudaTraining, TandemTrainResNet18Bf16) {
+  REQUIRE_TANDEM_TRAIN();
+  // Random images: it runs end to end (accuracy is chance there).
+  expect_trained(tandem_train("--model resnet18 --dataset synthetic --synthetic-shape 3,32,32 --synthetic-samples 1024 "
+                              "--batch-size 64 --epochs 1 --device cuda --precision bf16"),
+                 0.0);
 }
 
 }  // namespace

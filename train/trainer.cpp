@@ -111,7 +111,7 @@ nlohmann::json TrainerConfig::to_json() const {
           {"precision",
            {{"use_amp", precision.use_amp},
             {"amp_dtype", std::string(dtype_name(precision.amp_dtype))},
-            {"allow_tf32", precision.allow_tf32},
+            {"allow_tf32", precision.allow_tf32 ? nlohmann::json(*precision.allow_tf32) : nlohmann::json(nullptr)},
             {"init_scale", precision.scaler.init_scale},
             {"growth_interval", precision.scaler.growth_interval}}},
           {"optimizer",
@@ -221,7 +221,7 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
   }
   if (device_.is_cuda()) cuda::check_device(device_.index, "Trainer");
   if (device_.is_cuda()) cuda::set_device(device_.index);
-  cuda::set_allow_tf32(config_.precision.allow_tf32);
+  if (config_.precision.allow_tf32) cuda::set_allow_tf32(*config_.precision.allow_tf32);
 
   // ---- the model, wrapped for the strategy ----
   model_->to(device_);

@@ -60,9 +60,10 @@ struct PrecisionConfig {
   /// kBF16 or kF16; f16 also scales the loss with a GradScaler.
   DType amp_dtype = DType::kBF16;
   optim::GradScalerOptions scaler = {};
-  /// f32 matrix products and convolutions on the GPU may use TF32 tensor cores
-  /// (cuda::set_allow_tf32, which the Trainer sets process-wide when it is built).
-  bool allow_tf32 = false;
+  /// Set: the Trainer calls cuda::set_allow_tf32 with it when built (a process-wide
+  /// switch: f32 matrix products and convolutions on TF32 tensor cores). Unset: the
+  /// switch is left as it is (off unless the program turned it on).
+  std::optional<bool> allow_tf32 = std::nullopt;
 };
 
 struct OptimizerConfig {

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/out_of_memory.h"
 #include "kernels/cuda/stream.h"
 #include "kernels/cuda/tf32.h"
 
@@ -34,6 +35,18 @@ void set_device(int index);
 /// Off by default; process-wide; takes effect at the next call; no effect on the CPU.
 inline void set_allow_tf32(bool on) { kernels::cuda::tf32_allowed().store(on); }
 inline bool allow_tf32() { return kernels::cuda::tf32_allowed().load(); }
+
+/// Sets the TF32 switch for its lifetime and restores the previous setting.
+class AllowTf32Guard {
+ public:
+  explicit AllowTf32Guard(bool on) : previous_(allow_tf32()) { set_allow_tf32(on); }
+  ~AllowTf32Guard() { set_allow_tf32(previous_); }
+  AllowTf32Guard(const AllowTf32Guard&) = delete;
+  AllowTf32Guard& operator=(const AllowTf32Guard&) = delete;
+
+ private:
+  bool previous_;
+};
 
 /// Makes `index` the current device for the life of the guard.
 class DeviceGuard {
@@ -135,18 +148,9 @@ void reset_peak_memory_stats(int device);
 
 /// A device allocation the caching allocator could not satisfy even after returning
 /// its cache to the driver. The message states the request and the allocator's
-/// allocated and reserved bytes; the trainer adds the per-device batch size.
-class OutOfMemoryError : public std::runtime_error {
- public:
-  OutOfMemoryError(const std::string& message, size_t requested_bytes, int64_t allocated_bytes, int64_t reserved_bytes)
-      : std::runtime_error(message),
-        requested_bytes(requested_bytes),
-        allocated_bytes(allocated_bytes),
-        reserved_bytes(reserved_bytes) {}
-  size_t requested_bytes;
-  int64_t allocated_bytes;
-  int64_t reserved_bytes;
-};
+/// allocated and reserved bytes; the trainer adds the per-device batch size. Defined
+/// with the kernels, which catch it (kernels/cuda/out_of_memory.h).
+using OutOfMemoryError = kernels::cuda::OutOfMemoryError;
 /// Returns every cached, unused block to the driver.
 void empty_cache();
 

@@ -23,6 +23,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/handle_pool.h"
+#include "kernels/cuda/out_of_memory.h"
 #include "kernels/cuda/reduce_group.cuh"
 #include "kernels/cuda/tf32.h"
 #include "tandem/config.h"
@@ -272,15 +273,15 @@ size_t find_workspace(const Perf* perf, int count) {
   return bytes;
 }
 
-/// The workspace Find*Ex gets: `bytes`, or none when that much cannot be had, which
-/// limits the search to algorithms without workspace rather than failing the
-/// convolution on its first call (the search offers up to kMaxFindWorkspace). Returns
-/// the buffer and the bytes it holds.
+/// The workspace Find*Ex gets: `bytes`, or none when the device is out of memory for
+/// it, which limits the search to algorithms without workspace rather than failing the
+/// convolution on its first call (the search offers up to kMaxFindWorkspace; the
+/// narrower choice is then cached for the shape). Returns the buffer and its bytes.
 std::pair<void*, size_t> find_buffer(const WorkspaceFn& workspace, size_t bytes) {
   if (bytes == 0) return {workspace(0), 0};
   try {
     return {workspace(bytes), bytes};
-  } catch (const std::exception&) {  // the allocation failed (the function only allocates)
+  } catch (const OutOfMemoryError&) {
     return {workspace(0), 0};
   }
 }
