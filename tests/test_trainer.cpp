@@ -12,6 +12,7 @@
 #include "comm/local.h"
 #include "data/dataloader.h"
 #include "data/dataset.h"
+#include "engine/cuda/runtime.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "layers/models/mlp.h"
@@ -294,6 +295,28 @@ TEST(Trainer, OutOfMemoryNamesTheBatchPerDeviceAndWhatToDo) {
     EXPECT_NE(m.find("accumulation"), std::string::npos) << m;
     EXPECT_NE(m.find("activation checkpointing"), std::string::npos) << m;
   }
+}
+
+TEST(Trainer, Tf32SwitchIsLeftAloneUnlessTheConfigSetsIt) {
+  // A process-wide switch (cuda::set_allow_tf32); the guard restores it afterwards.
+  EXPECT_FALSE(cuda::allow_tf32());
+  auto train = dataset(30), val = dataset(31, 8);
+  {
+    cuda::AllowTf32Guard on(true);
+    Trainer(base_config(), mlp(), train, val);
+    EXPECT_TRUE(cuda::allow_tf32()) << "a default config must not reset what the program chose";
+    TrainerConfig off = base_config();
+    off.precision.allow_tf32 = false;
+    Trainer(off, mlp(), train, val);
+    EXPECT_FALSE(cuda::allow_tf32());
+    TrainerConfig tf32 = base_config();
+    tf32.precision.allow_tf32 = true;
+    Trainer(tf32, mlp(), train, val);
+    EXPECT_TRUE(cuda::allow_tf32());
+    EXPECT_EQ(tf32.to_json()["precision"]["allow_tf32"], true);
+    EXPECT_TRUE(base_config().to_json()["precision"]["allow_tf32"].is_null());
+  }
+  EXPECT_FALSE(cuda::allow_tf32());
 }
 
 TEST(Trainer, ConfigurationErrorsNameTheOption) {
