@@ -708,6 +708,8 @@ std::string pick_backend(const std::string& backend, const std::string& device) 
   return device == "cuda" ? "nccl" : "gloo";
 }
 
+json run_local_ranks(const WorkerConfig& w, int n, int threads);
+
 int run_strategies(const Common& c, const StrategiesConfig& s) {
   if (s.global_batch % s.devices != 0)
     throw std::invalid_argument(std::string("[") + kProgram + "] --global-batch must divide by --devices, got " +
@@ -721,9 +723,22 @@ int run_strategies(const Common& c, const StrategiesConfig& s) {
     auto dp_args = worker_args(c, "dp", s.global_batch);
     dp_args.insert(dp_args.end(), {"--dp-devices", std::to_string(s.devices)});
     runs[1].push_back(spawn_workers(1, per, dp_args, c.timeout_s)["dp"]);
-    auto ddp_args = worker_args(c, "ddp", s.global_batch / s.devices);
-    ddp_args.insert(ddp_args.end(), {"--backend", pick_backend(s.backend, c.device)});
-    runs[2].push_back(spawn_workers(s.devices, per, ddp_args, c.timeout_s)["overlap"]);
+    if (pick_backend(s.backend, c.device) == "local") {
+      WorkerConfig w;
+      w.model = c.model;
+      w.device = c.device;
+      w.backend = "local";
+      w.batch = s.global_batch / s.devices;
+      w.steps = c.steps;
+      w.warmup = c.warmup;
+      w.precision = c.precision;
+      w.seed = c.seed;
+      runs[2].push_back(run_local_ranks(w, s.devices, per)["overlap"]);
+    } else {
+      auto ddp_args = worker_args(c, "ddp", s.global_batch / s.devices);
+      ddp_args.insert(ddp_args.end(), {"--backend", pick_backend(s.backend, c.device)});
+      runs[2].push_back(spawn_workers(s.devices, per, ddp_args, c.timeout_s)["overlap"]);
+    }
   }
   // The run with the median throughput stands for each strategy.
   json doc = {{"benchmark", "strategies"}, {"machine", machine_info(c)}, {"global_batch", s.global_batch},
@@ -1334,9 +1349,11 @@ int main(int argc, char** argv) {
                  "OpenMP threads per DP replica / DDP rank (single gets N times as many); 0: cores / N")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  st->add_option("--backend", strategies.backend, "DDP backend (processes): auto (gloo on cpu, nccl on cuda)")
+  st->add_option("--backend", strategies.backend,
+                 "DDP backend: auto (gloo on cpu, nccl on cuda) or gloo/nccl (a process per rank), or local (a "
+                 "thread per rank in this process: the way to run N ranks on one GPU, which NCCL refuses)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "gloo", "nccl"}));
+      ->check(CLI::IsMember({"auto", "gloo", "nccl", "local"}));
 
   CLI::App* sc = app.add_subcommand("scaling", "DDP over several rank counts: samples/s, speed-up, efficiency");
   add_common(sc, scaling_common, "scaling");

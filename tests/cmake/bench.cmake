@@ -36,6 +36,13 @@ if(TANDEM_BUILD_BENCH)
         --csv ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.csv --png ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_model_links.png)
   set_tests_properties(tandem_bench_scaling_model_links PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
 
+  # strategies with DDP ranks as threads (--backend local: how two ranks share one GPU).
+  add_test(NAME tandem_bench_strategies_local
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 0 "ddp x2 +2 +16 "
+      -- $<TARGET_FILE:tandem-bench> strategies --model mlp --global-batch 32 --devices 2 --steps 3 --warmup 1
+        --backend local --json '' --csv '')
+  set_tests_properties(tandem_bench_strategies_local PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
+
   # The emulated device (--emulate-step-ms): ranks wait instead of computing, and the
   # 2-rank row carries the model's prediction from the 1-rank profile.
   set(bench_json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_scaling_emulated.json)
