@@ -248,6 +248,18 @@ TEST_F(CheckpointDamage, ForgedHeaderWithBadEntriesIsRejected) {
   expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry"});
   forge([](nlohmann::json& h) { h["tensors"][0]["shape"] = {-3, 5}; });
   expect_error([&] { load_checkpoint(path_); }, {"'model.weight'", "negative extent"});
+  // Numbers that are not integers, or do not fit, are errors rather than casts (a
+  // float outside the integer range would be undefined behaviour; the fuzzer found one).
+  forge([](nlohmann::json& h) { h["tensors"][0]["offset"] = 1.6e52; });
+  expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry", "expected offset to be an integer"});
+  forge([](nlohmann::json& h) { h["tensors"][0]["length"] = -60; });
+  expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry", "expected length to be an integer", "-60"});
+  forge([](nlohmann::json& h) { h["tensors"][0]["crc32"] = uint64_t{1} << 40; });
+  expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry", "expected crc32 to be an integer in [0, 4294967295]"});
+  forge([](nlohmann::json& h) { h["tensors"][0]["shape"] = {3.5, 5}; });
+  expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry", "expected shape extents to be 64-bit integers"});
+  forge([](nlohmann::json& h) { h["tensors"][0]["shape"] = {uint64_t{1} << 63, 5}; });
+  expect_error([&] { load_checkpoint(path_); }, {"malformed tensor entry", "expected shape extents to be 64-bit integers"});
 }
 
 TEST(Checkpoint, SaveKilledAtRandomPointsAlwaysLeavesALoadableCheckpoint) {

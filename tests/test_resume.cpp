@@ -3,6 +3,7 @@
 // loader's place in the epoch all come back. Also under DDP (local backend), the world
 // size rule, and errors.
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -186,6 +187,31 @@ TEST(ResumeErrors, WorldSizeChangeIsRefusedMidEpochAndAcceptedAtEpochEnd) {
   TrainProgress p = load_training_checkpoint(dir.path() / "end.tck", other.objects(), 2);
   EXPECT_EQ(p.world_size, 4);
   EXPECT_EQ(other.loader->epoch(), 1);
+}
+
+TEST(ResumeErrors, NumbersThatAreNotIntegersAreNamedNotCast) {
+  // A crafted checkpoint (valid CRCs) whose counters are floats or negative: a clear
+  // error before anything is loaded, not an out-of-range conversion.
+  TempDir dir;
+  Job job(false, 1);
+  save_training_checkpoint(dir.path() / "t.tck", job.objects(), {.epoch = 1, .global_step = 8});
+  const Checkpoint good = load_checkpoint(dir.path() / "t.tck");
+  auto expect_rejected = [&](const std::function<void(nlohmann::json&)>& edit, const std::vector<std::string>& pieces) {
+    nlohmann::json meta = good.metadata;
+    edit(meta);
+    save_checkpoint(dir.path() / "bad.tck", good.tensors, meta);
+    Job fresh(false, 1);
+    tandem::testing::expect_invalid([&] { load_training_checkpoint(dir.path() / "bad.tck", fresh.objects()); },
+                                    pieces);
+  };
+  expect_rejected([](nlohmann::json& m) { m["progress"]["global_step"] = 1.6e52; },
+                  {"malformed \"progress\" metadata", "expected global_step to be an integer", "1.6e+52"});
+  expect_rejected([](nlohmann::json& m) { m["progress"]["world_size"] = -2; },
+                  {"malformed \"progress\" metadata", "world_size", "-2"});
+  expect_rejected([](nlohmann::json& m) { m["loader"]["position"] = 2.5; },
+                  {"malformed \"loader\" metadata", "loader position", "2.5"});
+  expect_rejected([](nlohmann::json& m) { m["rng"]["cpu"]["offset"] = -1; },
+                  {"malformed \"rng\" metadata for cpu", "rng offset", "-1"});
 }
 
 TEST(ResumeErrors, CheckpointWithoutTrainingStateOrWithAnotherModel) {

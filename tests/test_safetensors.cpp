@@ -92,6 +92,16 @@ TEST(Safetensors, DamagedFilesNameTheTensor) {
   expect_error(p, {"'a' and 'b' overlap"});
   write_raw_header(p, R"({"w":{"dtype":"F32"}})", 0);
   expect_error(p, {"malformed entry for tensor 'w'"});
+  // Numbers that are not integers, or do not fit, are errors rather than casts (the
+  // fuzzer found data_offsets [1.6e52], whose conversion was undefined behaviour).
+  write_raw_header(p, R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[1.6e52,8]}})", 8);
+  expect_error(p, {"malformed entry for tensor 'w'", "expected data_offsets entry to be an integer", "1.6e+52"});
+  write_raw_header(p, R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[-8,8]}})", 8);
+  expect_error(p, {"malformed entry for tensor 'w'", "data_offsets entry", "-8"});
+  write_raw_header(p, R"({"w":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8);
+  expect_error(p, {"malformed entry for tensor 'w'", "expected shape extents to be 64-bit integers"});
+  write_raw_header(p, R"({"w":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8);
+  expect_error(p, {"malformed entry for tensor 'w'", "expected shape to be a list of integers"});
   write_raw_header(p, "not json", 0);
   expect_error(p, {"not valid JSON"});
   {

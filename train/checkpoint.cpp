@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "train/atomic_file.h"
+#include "train/json_integers.h"
 
 namespace tandem::train {
 namespace {
@@ -82,11 +83,13 @@ CheckpointHeader parse_header(const std::filesystem::path& path, const std::stri
       } catch (const std::invalid_argument&) {
         fail(path, "tensor '" + e.name + "': unknown dtype '" + dtype + "'");
       }
-      e.shape = t.at("shape").get<Shape>();
-      e.offset = t.at("offset").get<uint64_t>();
-      e.length = t.at("length").get<uint64_t>();
-      e.crc32 = t.at("crc32").get<uint32_t>();
+      e.shape = detail::json_shape(t.at("shape"));
+      e.offset = detail::json_unsigned(t.at("offset"), "offset");
+      e.length = detail::json_unsigned(t.at("length"), "length");
+      e.crc32 = static_cast<uint32_t>(detail::json_unsigned(t.at("crc32"), "crc32", UINT32_MAX));
     } catch (const nlohmann::json::exception& ex) {
+      fail(path, "malformed tensor entry " + t.dump() + ": " + ex.what());
+    } catch (const std::invalid_argument& ex) {
       fail(path, "malformed tensor entry " + t.dump() + ": " + ex.what());
     }
     if (!names.insert(e.name).second) fail(path, "tensor '" + e.name + "' appears twice in the table");

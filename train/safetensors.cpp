@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "train/atomic_file.h"
+#include "train/json_integers.h"
 
 namespace tandem::train {
 namespace {
@@ -123,9 +124,11 @@ SafetensorsFile load_safetensors(const std::filesystem::path& path) {
     std::vector<uint64_t> offsets;
     try {
       dtype = entry.at("dtype").get<std::string>();
-      it.shape = entry.at("shape").get<Shape>();
-      offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
+      it.shape = detail::json_shape(entry.at("shape"));
+      offsets = detail::json_unsigned_list(entry.at("data_offsets"), "data_offsets");
     } catch (const nlohmann::json::exception& e) {
+      fail(path, "malformed entry for tensor '" + name + "': " + e.what());
+    } catch (const std::invalid_argument& e) {
       fail(path, "malformed entry for tensor '" + name + "': " + e.what());
     }
     if (!parse_safetensors_dtype(dtype, &it.dtype))

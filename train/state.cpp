@@ -9,6 +9,7 @@
 
 #include "engine/cuda/runtime.h"
 #include "engine/random.h"
+#include "train/json_integers.h"
 
 namespace tandem::train {
 namespace {
@@ -70,12 +71,14 @@ TrainProgress load_training_checkpoint(const std::filesystem::path& path, const 
   TrainProgress p;
   try {
     const auto& j = meta.at("progress");
-    p.epoch = j.at("epoch").get<int64_t>();
-    p.global_step = j.at("global_step").get<int64_t>();
-    p.world_size = j.at("world_size").get<int>();
+    p.epoch = static_cast<int64_t>(detail::json_unsigned(j.at("epoch"), "epoch", INT64_MAX));
+    p.global_step = static_cast<int64_t>(detail::json_unsigned(j.at("global_step"), "global_step", INT64_MAX));
+    p.world_size = static_cast<int>(detail::json_unsigned(j.at("world_size"), "world_size", INT32_MAX));
     p.config = j.value("config", nlohmann::json::object());
     p.extra = j.value("extra", nlohmann::json::object());
   } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(where + "malformed \"progress\" metadata: " + e.what());
+  } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(where + "malformed \"progress\" metadata: " + e.what());
   }
 
@@ -84,7 +87,15 @@ TrainProgress load_training_checkpoint(const std::filesystem::path& path, const 
   if (objects.loader) {
     if (!meta.contains("loader"))
       throw std::invalid_argument(where + "expected data-loader state, got none in the checkpoint");
-    loader_state = {meta["loader"].at("epoch").get<int64_t>(), meta["loader"].at("position").get<int64_t>()};
+    try {
+      const auto& l = meta["loader"];
+      loader_state = {static_cast<int64_t>(detail::json_unsigned(l.at("epoch"), "loader epoch", INT64_MAX)),
+                      static_cast<int64_t>(detail::json_unsigned(l.at("position"), "loader position", INT64_MAX))};
+    } catch (const nlohmann::json::exception& e) {
+      throw std::invalid_argument(where + "malformed \"loader\" metadata: " + e.what());
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(where + "malformed \"loader\" metadata: " + e.what());
+    }
     if (world_size != p.world_size && loader_state.position != 0) {
       throw std::invalid_argument(
           where + "expected the world size it was saved with (" + std::to_string(p.world_size) +
@@ -115,6 +126,22 @@ TrainProgress load_training_checkpoint(const std::filesystem::path& path, const 
       throw std::invalid_argument(where + "expected '" + e.name + "' state, got none in the checkpoint");
   }
 
+  // Random streams: a device the saving job did not have keeps its stream.
+  std::vector<std::pair<Device, PhiloxState>> rng_states;
+  const nlohmann::json rng = meta.value("rng", nlohmann::json::object());
+  for (Device d : objects.rng_devices) {
+    const std::string key = device_key(d);
+    if (!rng.contains(key)) continue;
+    try {
+      rng_states.emplace_back(d, PhiloxState{detail::json_unsigned(rng[key].at("seed"), "rng seed"),
+                                             detail::json_unsigned(rng[key].at("offset"), "rng offset")});
+    } catch (const nlohmann::json::exception& e) {
+      throw std::invalid_argument(where + "malformed \"rng\" metadata for " + key + ": " + e.what());
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(where + "malformed \"rng\" metadata for " + key + ": " + e.what());
+    }
+  }
+
   if (objects.model) {
     // The module copies into its own tensors (keeping their device and dtype).
     objects.model->load_state_dict(model_state);
@@ -122,12 +149,7 @@ TrainProgress load_training_checkpoint(const std::filesystem::path& path, const 
   if (objects.optimizer) objects.optimizer->load_state_dict(opt_state);
   if (objects.scheduler) objects.scheduler->load_state_dict(meta["scheduler"].get<optim::SchedulerState>());
   if (objects.loader) objects.loader->load_state(loader_state);
-  const nlohmann::json rng = meta.value("rng", nlohmann::json::object());
-  for (Device d : objects.rng_devices) {
-    const std::string key = device_key(d);
-    if (!rng.contains(key)) continue;  // a device the saving job did not have keeps its stream
-    default_generator(d).set_state({rng[key].at("seed").get<uint64_t>(), rng[key].at("offset").get<uint64_t>()});
-  }
+  for (const auto& [d, state] : rng_states) default_generator(d).set_state(state);
   for (const auto& e : objects.extras) e.load(meta["extras"][e.name]);
   return p;
 }
