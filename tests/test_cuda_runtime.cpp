@@ -42,16 +42,6 @@ struct Gate {
   void close_on(Stream stream) { ASSERT_CUDA(cudaLaunchHostFunc(stream.handle(), &Gate::wait_open, this)); }
 };
 
-// scripts/gpu-check runs this binary under compute-sanitizer with caching off
-// (TANDEM_CUDA_CACHING_ALLOCATOR=0: a cudaMalloc per allocation, freed at once); the
-// tests of the cache's own behaviour (reuse, no cudaMalloc in a steady loop) skip then.
-#define SKIP_WITHOUT_CACHING()                                                                  \
-  do {                                                                                          \
-    const char* caching = std::getenv("TANDEM_CUDA_CACHING_ALLOCATOR");                         \
-    if (caching != nullptr && std::string(caching) == "0")                                      \
-      GTEST_SKIP() << "TANDEM_CUDA_CACHING_ALLOCATOR=0: this test checks the caching allocator"; \
-  } while (0)
-
 TEST(CudaRuntime, DeviceDiscovery) {
   TANDEM_REQUIRE_CUDA();
   EXPECT_GT(device_count(), 0);
@@ -171,7 +161,7 @@ TEST(CudaRuntime, TimingEventsMeasureElapsedTime) {
 
 TEST(CudaRuntime, SteadyLoopDoesNoCudaMalloc) {
   TANDEM_REQUIRE_CUDA();
-  SKIP_WITHOUT_CACHING();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
   const std::vector<size_t> sizes = {4, 1000, 65536, 1 << 20, 3 << 20, 25 << 20, 100 << 20};
   int64_t allocs_after_first = 0;
   for (int iteration = 0; iteration < 20; ++iteration) {
@@ -201,7 +191,7 @@ TEST(CudaRuntime, SteadyLoopDoesNoCudaMalloc) {
 
 TEST(CudaRuntime, RecordStreamDefersReuseUntilTheOtherStreamIsDone) {
   TANDEM_REQUIRE_CUDA();
-  SKIP_WITHOUT_CACHING();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
   empty_cache();  // a known starting point: no cached blocks
   const Stream main = current_stream(0), side = pool_stream(0);
   const size_t n = 8 << 20;
@@ -258,7 +248,7 @@ TEST(CudaRuntime, OutOfMemoryIsAClearError) {
 
 TEST(CudaRuntime, PinnedCopyRoundTrip) {
   TANDEM_REQUIRE_CUDA();
-  SKIP_WITHOUT_CACHING();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
   const size_t n = (16 << 20) + 12345;
   const Stream stream = pool_stream(0);
   auto* in = static_cast<unsigned char*>(pinned_alloc(n));

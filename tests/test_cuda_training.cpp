@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -114,8 +115,7 @@ TEST(CudaTraining, TrainerOnTheGpuMatchesTheCpu) {
 
 TEST(CudaTraining, NoCudaMallocOnceTheLoopIsWarm) {
   TANDEM_REQUIRE_CUDA();
-  if (const char* c = std::getenv("TANDEM_CUDA_CACHING_ALLOCATOR"); c != nullptr && std::string(c) == "0")
-    GTEST_SKIP() << "TANDEM_CUDA_CACHING_ALLOCATOR=0: every allocation is a cudaMalloc";
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
   struct Case {
     std::string name;
     Shape sample;
@@ -228,72 +228,55 @@ void expect_trained(const TrainRun& run, double min_acc) {
   EXPECT_GE(run.result["test_acc"].get<double>(), min_acc) << run.result.dump();
 }
 
-TEST(CudaTraining, TandemTrainCnnReachesTheReadmeAccuracyInTwoEpochs) {
+/// One tandem-train run on Fashion-MNIST (or synthetic images): its flags, the least
+/// test accuracy, and fields its JSON summary must hold. One run per test, so each stays
+/// well inside ctest's per-test limit (gpu-check: 150 s).
+struct TrainCase {
+  std::string name;
+  std::string args;
+  double min_acc;
+  nlohmann::json expect;  // summary fields and their values
+};
+
+/// Names a case by its flags in gtest's output (instead of the struct's bytes).
+void PrintTo(const TrainCase& c, std::ostream* os) { *os << "tandem-train " << c.args; }
+
+class CudaTandemTrain : public ::testing::TestWithParam<TrainCase> {};
+
+TEST_P(CudaTandemTrain, TrainsOnTheGpu) {
   REQUIRE_TANDEM_TRAIN();
-  // The CPU ctest tandem_train_cnn_two_epochs_cpu checks the same 0.88.
-  expect_trained(tandem_train("--model cnn --epochs 2 --device cuda"), 0.88);
+  const TrainCase& c = GetParam();
+  const TrainRun run = tandem_train(c.args);
+  expect_trained(run, c.min_acc);
+  for (const auto& [key, value] : c.expect.items()) EXPECT_EQ(run.result[key], value) << key;
 }
 
-// One run per test: each stays well inside ctest's per-test limit (gpu-check: 150 s).
-TEST(CudaTraining, TandemTrainBf16) {
-  REQUIRE_TANDEM_TRAIN();
-  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --precision bf16");
-  expect_trained(run, 0.85);
-  EXPECT_EQ(run.result["precision"], "bf16");
-}
-
-TEST(CudaTraining, TandemTrainFp16WithLossScaling) {
-  REQUIRE_TANDEM_TRAIN();
-  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --precision fp16");
-  expect_trained(run, 0.85);
-  EXPECT_EQ(run.result["precision"], "fp16");
-}
-
-TEST(CudaTraining, TandemTrainTf32) {
-  REQUIRE_TANDEM_TRAIN();
-  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --tf32");
-  expect_trained(run, 0.85);
-  EXPECT_EQ(run.result["tf32"], true);
-}
-
-TEST(CudaTraining, TandemTrainDataParallelWithTheGpuListedTwice) {
-  REQUIRE_TANDEM_TRAIN();
-  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --strategy dp --devices 2");
-  expect_trained(run, 0.85);
-  EXPECT_EQ(run.result["strategy"], "dp");
-}
-
-TEST(CudaTraining, TandemTrainDdpTwoLocalRanksSharingTheGpu) {
-  REQUIRE_TANDEM_TRAIN();
-  // Ranks as threads of one process; 64 per rank, 128 in all as the single-GPU runs.
-  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --strategy ddp --devices 2 --backend local "
-                                    "--batch-size 64");
-  expect_trained(run, 0.85);
-  EXPECT_EQ(run.result["strategy"], "ddp");
-  EXPECT_EQ(run.result["world_size"], 2);
-}
-
-TEST(CudaTraining, TandemTrainDdpOverNcclAtWorldSizeOne) {
-  REQUIRE_TANDEM_TRAIN();
-  // One rank in this process over NCCL, as on a one-GPU node.
-  const TrainRun run = tandem_train("--model cnn --epochs 1 --device cuda --strategy ddp --devices 1");
-  expect_trained(run, 0.85);
-  EXPECT_EQ(run.result["backend"], "nccl");
-}
-
-TEST(CudaTraining, TandemTrainCheckpointingWithAccumulation) {
-  REQUIRE_TANDEM_TRAIN();
-  expect_trained(tandem_train("--model cnn --epochs 1 --device cuda --grad-checkpoint --accumulate 2 --batch-size 64"),
-                 0.85);
-}
-
-TEST(CudaTraining, TandemTrainResNet18Bf16) {
-  REQUIRE_TANDEM_TRAIN();
-  // Random images: it runs end to end (accuracy is chance there).
-  expect_trained(tandem_train("--model resnet18 --dataset synthetic --synthetic-shape 3,32,32 --synthetic-samples 1024 "
-                              "--batch-size 64 --epochs 1 --device cuda --precision bf16"),
-                 0.0);
-}
+INSTANTIATE_TEST_SUITE_P(
+    CudaTraining, CudaTandemTrain,
+    ::testing::Values(
+        // The CPU ctest tandem_train_cnn_two_epochs_cpu checks the same 0.88.
+        TrainCase{"CnnReachesTheReadmeAccuracyInTwoEpochs", "--model cnn --epochs 2 --device cuda", 0.88, {}},
+        TrainCase{"Bf16", "--model cnn --epochs 1 --device cuda --precision bf16", 0.85, {{"precision", "bf16"}}},
+        TrainCase{"Fp16WithLossScaling", "--model cnn --epochs 1 --device cuda --precision fp16", 0.85,
+                  {{"precision", "fp16"}}},
+        TrainCase{"Tf32", "--model cnn --epochs 1 --device cuda --tf32", 0.85, {{"tf32", true}}},
+        TrainCase{"DataParallelWithTheGpuListedTwice", "--model cnn --epochs 1 --device cuda --strategy dp --devices 2",
+                  0.85, {{"strategy", "dp"}}},
+        // Ranks as threads of one process; 64 per rank, 128 in all as the single-GPU runs.
+        TrainCase{"DdpTwoLocalRanksSharingTheGpu",
+                  "--model cnn --epochs 1 --device cuda --strategy ddp --devices 2 --backend local --batch-size 64",
+                  0.85, {{"strategy", "ddp"}, {"world_size", 2}}},
+        // One rank in this process over NCCL, as on a one-GPU node.
+        TrainCase{"DdpOverNcclAtWorldSizeOne", "--model cnn --epochs 1 --device cuda --strategy ddp --devices 1", 0.85,
+                  {{"backend", "nccl"}}},
+        TrainCase{"CheckpointingWithAccumulation",
+                  "--model cnn --epochs 1 --device cuda --grad-checkpoint --accumulate 2 --batch-size 64", 0.85, {}},
+        // Random images: it runs end to end (accuracy is chance there).
+        TrainCase{"ResNet18Bf16",
+                  "--model resnet18 --dataset synthetic --synthetic-shape 3,32,32 --synthetic-samples 1024 "
+                  "--batch-size 64 --epochs 1 --device cuda --precision bf16",
+                  0.0, {}}),
+    [](const ::testing::TestParamInfo<TrainCase>& info) { return info.param.name; });
 
 }  // namespace
 }  // namespace tandem::train

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -28,6 +29,16 @@
   do {                                                                                      \
     if (!::tandem::cuda::is_available())                                                    \
       GTEST_SKIP() << "no CUDA device: " << ::tandem::cuda::unavailable_reason();           \
+  } while (0)
+
+/// Skips a test of the caching allocator's own behaviour (reuse, no cudaMalloc in a warm
+/// loop) when TANDEM_CUDA_CACHING_ALLOCATOR=0 turned caching off, as scripts/gpu-check
+/// does for its compute-sanitizer stage (a cudaMalloc per allocation, freed at once).
+#define TANDEM_REQUIRE_CACHING_ALLOCATOR()                                                     \
+  do {                                                                                          \
+    const char* caching = std::getenv("TANDEM_CUDA_CACHING_ALLOCATOR");                         \
+    if (caching != nullptr && std::string(caching) == "0")                                      \
+      GTEST_SKIP() << "TANDEM_CUDA_CACHING_ALLOCATOR=0: this test checks the caching allocator"; \
   } while (0)
 
 namespace tandem::testing {
