@@ -710,6 +710,20 @@ std::string pick_backend(const std::string& backend, const std::string& device) 
 
 json run_local_ranks(const WorkerConfig& w, int n, int threads);
 
+/// A DDP rank's settings from the parent's options: `backend`, `batch` samples per rank.
+WorkerConfig rank_worker(const Common& c, const std::string& backend, int64_t batch) {
+  WorkerConfig w;
+  w.model = c.model;
+  w.device = c.device;
+  w.backend = backend;
+  w.batch = batch;
+  w.steps = c.steps;
+  w.warmup = c.warmup;
+  w.precision = c.precision;
+  w.seed = c.seed;
+  return w;
+}
+
 int run_strategies(const Common& c, const StrategiesConfig& s) {
   if (s.global_batch % s.devices != 0)
     throw std::invalid_argument(std::string("[") + kProgram + "] --global-batch must divide by --devices, got " +
@@ -724,16 +738,7 @@ int run_strategies(const Common& c, const StrategiesConfig& s) {
     dp_args.insert(dp_args.end(), {"--dp-devices", std::to_string(s.devices)});
     runs[1].push_back(spawn_workers(1, per, dp_args, c.timeout_s)["dp"]);
     if (pick_backend(s.backend, c.device) == "local") {
-      WorkerConfig w;
-      w.model = c.model;
-      w.device = c.device;
-      w.backend = "local";
-      w.batch = s.global_batch / s.devices;
-      w.steps = c.steps;
-      w.warmup = c.warmup;
-      w.precision = c.precision;
-      w.seed = c.seed;
-      runs[2].push_back(run_local_ranks(w, s.devices, per)["overlap"]);
+      runs[2].push_back(run_local_ranks(rank_worker(c, "local", s.global_batch / s.devices), s.devices, per)["overlap"]);
     } else {
       auto ddp_args = worker_args(c, "ddp", s.global_batch / s.devices);
       ddp_args.insert(ddp_args.end(), {"--backend", pick_backend(s.backend, c.device)});
@@ -866,18 +871,10 @@ json run_ddp_ranks(const Common& c, const ScalingConfig& s, const WorkerConfig& 
 
 /// The worker settings of a scaling run with these DDP variants.
 WorkerConfig scaling_worker(const Common& c, const ScalingConfig& s, std::vector<std::string> variants) {
-  WorkerConfig w;
-  w.model = c.model;
-  w.device = c.device;
-  w.backend = s.backend;
-  w.batch = s.batch_per_rank;
-  w.steps = c.steps;
-  w.warmup = c.warmup;
+  WorkerConfig w = rank_worker(c, s.backend, s.batch_per_rank);
   w.bucket_cap_mb = s.bucket_cap_mb;
   w.first_bucket_cap_mb = s.first_bucket_cap_mb;
   w.variants = std::move(variants);
-  w.precision = c.precision;
-  w.seed = c.seed;
   w.emulate_step_ms = s.emulate_step_ms;
   return w;
 }
