@@ -12,22 +12,14 @@
 namespace tandem::kernels::cuda {
 namespace {
 
-constexpr int kWarpRowsPerBlock = 8;
-constexpr int kBlockRowThreads = 512;
-constexpr int64_t kWarpRowMaxC = 1024;
 constexpr int kReduceThreads = 256;
-
-template <int kThreads>
-constexpr int smem_slots() {
-  return kThreads > 32 ? kThreads / 32 : 1;
-}
 
 template <class T, int kThreads>
 __global__ void cross_entropy_forward_kernel(compute_t<T>* row_loss, compute_t<T>* lse_out, const T* logits,
                                              const int64_t* targets, int64_t n, int64_t c, int64_t ignore_index,
                                              double eps) {
   using A = compute_t<T>;
-  __shared__ A smem[smem_slots<kThreads>()];
+  __shared__ A smem[group_smem_slots<kThreads>()];
   const int tid = threadIdx.x;
   const A keep = static_cast<A>(1.0 - eps), smooth = static_cast<A>(eps);
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < n;
@@ -120,7 +112,7 @@ void cross_entropy_forward(void* row_loss, void* lse, const void* logits, const 
         A* rl = static_cast<A*>(row_loss);
         A* ls = static_cast<A*>(lse);
         const T* x = static_cast<const T*>(logits);
-        if (c <= kWarpRowMaxC) {
+        if (c <= kWarpRowMax) {
           cross_entropy_forward_kernel<T, 32><<<grid_for(n, 1, kWarpRowsPerBlock), dim3(32, kWarpRowsPerBlock), 0,
                                                 stream>>>(rl, ls, x, targets, n, c, ignore_index, label_smoothing);
         } else {

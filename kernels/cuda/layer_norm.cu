@@ -14,21 +14,12 @@
 namespace tandem::kernels::cuda {
 namespace {
 
-constexpr int kWarpRowsPerBlock = 8;
-constexpr int kBlockRowThreads = 512;
-constexpr int64_t kWarpRowMaxCols = 1024;
-
 // Stage 1 of dweight/dbias: 32 columns × 8 row lanes per block; rows split into at
 // most kMaxRowChunks chunks of at least kMinChunkRows rows.
 constexpr int kTileCols = 32;
 constexpr int kTileRows = 8;
 constexpr int64_t kMaxRowChunks = 256;
 constexpr int64_t kMinChunkRows = 32;
-
-template <int kThreads>
-constexpr int smem_slots() {
-  return kThreads > 32 ? kThreads / 32 : 1;
-}
 
 __device__ inline float rsqrt_a(float v) { return rsqrtf(v); }
 __device__ inline double rsqrt_a(double v) { return rsqrt(v); }
@@ -37,7 +28,7 @@ template <class T, int kThreads>
 __global__ void layer_norm_forward_kernel(T* y, compute_t<T>* mean, compute_t<T>* rstd, const T* x, const T* weight,
                                           const T* bias, int64_t rows, int64_t cols, double eps) {
   using A = compute_t<T>;
-  __shared__ A smem[smem_slots<kThreads>()];
+  __shared__ A smem[group_smem_slots<kThreads>()];
   const int tid = threadIdx.x;
   // The row is uniform across a group, so whole groups leave the loop together.
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
@@ -71,7 +62,7 @@ template <class T, int kThreads>
 __global__ void layer_norm_backward_dx_kernel(T* dx, const T* dy, const T* x, const compute_t<T>* mean,
                                               const compute_t<T>* rstd, const T* weight, int64_t rows, int64_t cols) {
   using A = compute_t<T>;
-  __shared__ A smem[smem_slots<kThreads>()];
+  __shared__ A smem[group_smem_slots<kThreads>()];
   const int tid = threadIdx.x;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
        row += static_cast<int64_t>(gridDim.x) * blockDim.y) {
@@ -158,8 +149,6 @@ RowChunks row_chunks(int64_t rows) {
 
 size_t stat_size(DType dtype) { return dtype == DType::kF64 ? sizeof(double) : sizeof(float); }
 
-unsigned int grid_for_rows(int64_t rows, int rows_per_block) { return grid_for(rows, 1, rows_per_block); }
-
 }  // namespace
 
 size_t layer_norm_backward_workspace_bytes(DType dtype, int64_t rows, int64_t cols) {
@@ -178,7 +167,7 @@ void layer_norm_forward(void* y, void* mean, void* rstd, const void* x, const vo
         const T* xp = static_cast<const T*>(x);
         const T* wp = static_cast<const T*>(weight);
         const T* bp = static_cast<const T*>(bias);
-        if (cols <= kWarpRowMaxCols) {
+        if (cols <= kWarpRowMax) {
           layer_norm_forward_kernel<T, 32><<<grid_for_rows(rows, kWarpRowsPerBlock), dim3(32, kWarpRowsPerBlock), 0,
                                              stream>>>(yp, mp, rp, xp, wp, bp, rows, cols, eps);
         } else {
@@ -205,7 +194,7 @@ void layer_norm_backward(void* dx, void* dweight, void* dbias, void* workspace, 
         if (dx && rows > 0) {
           T* dxp = static_cast<T*>(dx);
           const T* wp = static_cast<const T*>(weight);
-          if (cols <= kWarpRowMaxCols) {
+          if (cols <= kWarpRowMax) {
             layer_norm_backward_dx_kernel<T, 32><<<grid_for_rows(rows, kWarpRowsPerBlock),
                                                    dim3(32, kWarpRowsPerBlock), 0, stream>>>(dxp, dyp, xp, mp, rp, wp,
                                                                                             rows, cols);

@@ -1,11 +1,30 @@
-// Group reductions shared by the row-wise kernels (softmax, cross-entropy): a group
-// of kThreads threads along threadIdx.x cooperates on one row, either one warp
-// (kThreads == 32, several rows per block along threadIdx.y) or the whole block.
+// Group reductions and launch geometry shared by the row-wise kernels (softmax,
+// cross-entropy, layer norm, attention): a group of kThreads threads along threadIdx.x
+// cooperates on one row, either one warp (kThreads == 32, kWarpRowsPerBlock rows per
+// block along threadIdx.y) for rows of up to kWarpRowMax elements, or the whole block
+// of kBlockRowThreads threads for longer ones.
 #pragma once
+
+#include <cstdint>
 
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/common.cuh"
+
 namespace tandem::kernels::cuda {
+
+inline constexpr int kWarpRowsPerBlock = 8;  // warp-per-row kernels: 8 rows, 256 threads
+inline constexpr int kBlockRowThreads = 512;
+inline constexpr int64_t kWarpRowMax = 1024;
+
+/// Shared-memory slots group_reduce needs for a group of kThreads threads.
+template <int kThreads>
+constexpr int group_smem_slots() {
+  return kThreads > 32 ? kThreads / 32 : 1;
+}
+
+/// Blocks for one group per row at `rows_per_block` rows per block, capped like grid_for.
+inline unsigned int grid_for_rows(int64_t rows, int rows_per_block) { return grid_for(rows, 1, rows_per_block); }
 
 struct SumOp {
   template <class A>

@@ -12,19 +12,10 @@
 namespace tandem::kernels::cuda {
 namespace {
 
-constexpr int kWarpRowsPerBlock = 8;  // warp-per-row kernels: 8 rows, 256 threads
-constexpr int kBlockRowThreads = 512;
-constexpr int64_t kWarpRowMaxN = 1024;
-
-template <int kThreads>
-constexpr int smem_slots() {
-  return kThreads > 32 ? kThreads / 32 : 1;
-}
-
 template <class T, int kThreads>
 __global__ void softmax_rows_forward_kernel(T* y, const T* x, int64_t rows, int64_t n, bool log) {
   using A = compute_t<T>;
-  __shared__ A smem[smem_slots<kThreads>()];
+  __shared__ A smem[group_smem_slots<kThreads>()];
   const int tid = threadIdx.x;
   // The row index is uniform across a group, so whole groups leave the loop together.
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
@@ -52,7 +43,7 @@ __global__ void softmax_rows_forward_kernel(T* y, const T* x, int64_t rows, int6
 template <class T, int kThreads>
 __global__ void softmax_rows_backward_kernel(T* dx, const T* dy, const T* y, int64_t rows, int64_t n, bool log) {
   using A = compute_t<T>;
-  __shared__ A smem[smem_slots<kThreads>()];
+  __shared__ A smem[group_smem_slots<kThreads>()];
   const int tid = threadIdx.x;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
        row += static_cast<int64_t>(gridDim.x) * blockDim.y) {
@@ -115,9 +106,6 @@ __global__ void softmax_lines_backward_kernel(T* dx, const T* dy, const T* y, in
   }
 }
 
-// Row-count grid for the row kernels: one group per row, capped like grid_for.
-unsigned int grid_for_rows(int64_t rows, int rows_per_block) { return grid_for(rows, 1, rows_per_block); }
-
 }  // namespace
 
 void softmax_forward(void* y, const void* x, DType dtype, int64_t outer, int64_t n, int64_t inner, bool log,
@@ -127,7 +115,7 @@ void softmax_forward(void* y, const void* x, DType dtype, int64_t outer, int64_t
         using T = decltype(t);
         T* yp = static_cast<T*>(y);
         const T* xp = static_cast<const T*>(x);
-        if (inner == 1 && n <= kWarpRowMaxN) {
+        if (inner == 1 && n <= kWarpRowMax) {
           softmax_rows_forward_kernel<T, 32><<<grid_for_rows(outer, kWarpRowsPerBlock), dim3(32, kWarpRowsPerBlock),
                                                0, stream>>>(yp, xp, outer, n, log);
         } else if (inner == 1) {
@@ -150,7 +138,7 @@ void softmax_backward(void* dx, const void* dy, const void* y, DType dtype, int6
         T* dxp = static_cast<T*>(dx);
         const T* dyp = static_cast<const T*>(dy);
         const T* yp = static_cast<const T*>(y);
-        if (inner == 1 && n <= kWarpRowMaxN) {
+        if (inner == 1 && n <= kWarpRowMax) {
           softmax_rows_backward_kernel<T, 32><<<grid_for_rows(outer, kWarpRowsPerBlock),
                                                 dim3(32, kWarpRowsPerBlock), 0, stream>>>(dxp, dyp, yp, outer, n, log);
         } else if (inner == 1) {
