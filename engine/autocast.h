@@ -6,7 +6,7 @@
 //
 // Policy (what each op does with its floating inputs while autocast is active):
 //   low precision (f32/f16/bf16 cast to the guard's dtype; f64 untouched):
-//       matmul, bmm, linear, conv2d
+//       matmul, bmm, linear, conv2d, scaled_dot_product_attention
 //   f32 (f16/bf16 cast up to f32; the output is f32):
 //       softmax, log_softmax, cross_entropy, mse_loss, layer_norm, sum, mean, exp, log
 //   input dtype (no casts): everything else, including element-wise ops, activations,

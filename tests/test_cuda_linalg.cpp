@@ -66,6 +66,21 @@ TEST_F(CudaLinalg, LinearWithAndWithoutBias) {
   }
 }
 
+TEST_F(CudaLinalg, ScaledDotProductAttention) {
+  for (DType dt : kFloatTypes) {
+    for (bool causal : {false, true}) {
+      const Fn fn = [causal](const std::vector<Tensor>& t) {
+        return scaled_dot_product_attention(t[0], t[1], t[2], causal);
+      };
+      expect_parity(fn, {{2, 3, 17, 8}, {2, 3, 17, 8}, {2, 3, 17, 8}}, dt, 9);   // warp per row
+      expect_parity(fn, {{2, 5, 16}, {2, 40, 16}, {2, 40, 4}}, dt, 10);          // more keys than queries
+    }
+  }
+  // Rows longer than 1024 keys take the block-per-row kernels.
+  const Fn causal = [](const std::vector<Tensor>& t) { return scaled_dot_product_attention(t[0], t[1], t[2], true); };
+  expect_parity(causal, {{1, 1100, 16}, {1, 1100, 16}, {1, 1100, 16}}, DType::kF32, 11);
+}
+
 TEST_F(CudaLinalg, LinearMlpSizedIsFullFp32) {
   // No TF32: a 784-deep f32 product must stay within f32 accumulation error.
   expect_parity([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },

@@ -1,14 +1,17 @@
-// Matrix products (matmul, bmm, linear): values against a brute-force triple loop,
-// finite-difference gradient checks in f64, f16/bf16 on the CPU, and argument errors.
+// Matrix products (matmul, bmm, linear) and scaled dot-product attention: values
+// against brute-force loops, finite-difference gradient checks in f64, f16/bf16 on the
+// CPU, and argument errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "engine/autocast.h"
 #include "kernels/cpu/gemm.h"
 #include "test_util.h"
 
@@ -283,6 +286,152 @@ TEST(LinalgErrors, LinearShapes) {
 
 TEST(LinalgErrors, UndefinedOperand) {
   expect_invalid([&] { matmul(Tensor(), random_tensor({2, 2}, 87)); }, {"[matmul]", "'a'"});
+}
+
+
+// ---- scaled dot-product attention ------------------------------------------------------
+
+/// softmax(q·kᵀ·scale, masked)·v by the definition, in f64 on the host, for (..., T, E).
+Tensor reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+  const int64_t t_q = q.size(-2), e = q.size(-1), t_k = k.size(-2), e_v = v.size(-1);
+  const int64_t batch = q.numel() / (t_q * e);
+  std::vector<double> qv = q.to_vector<double>(), kv = k.to_vector<double>(), vv = v.to_vector<double>();
+  std::vector<double> out(batch * t_q * e_v, 0.0);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < t_q; ++i) {
+      const int64_t n = causal ? std::min(i + 1, t_k) : t_k;
+      std::vector<double> w(n);
+      double m = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        double dot = 0;
+        for (int64_t c = 0; c < e; ++c) dot += qv[(b * t_q + i) * e + c] * kv[(b * t_k + j) * e + c];
+        w[j] = dot * scale;
+        m = std::max(m, w[j]);
+      }
+      for (double& x : w) sum += (x = std::exp(x - m));
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t c = 0; c < e_v; ++c) out[(b * t_q + i) * e_v + c] += w[j] / sum * vv[(b * t_k + j) * e_v + c];
+    }
+  Shape shape = q.shape();
+  shape.back() = e_v;
+  return Tensor::from_vector(out, shape);
+}
+
+using Sdpa = std::function<Tensor(const std::vector<Tensor>&)>;
+Sdpa sdpa(bool causal, std::optional<double> scale = std::nullopt) {
+  return [causal, scale](const std::vector<Tensor>& t) { return scaled_dot_product_attention(t[0], t[1], t[2], causal, scale); };
+}
+
+TEST(Attention, MatchesDefinition) {
+  for (DType dt : {DType::kF64, DType::kF32}) {
+    const double tol = dt == DType::kF64 ? 1e-12 : 1e-5;
+    for (bool causal : {false, true}) {
+      // (B, H, T, E) as a transformer calls it, and 3-D (batch, T, E).
+      Tensor q = random_tensor({2, 3, 5, 4}, 100, dt), k = random_tensor({2, 3, 5, 4}, 101, dt),
+             v = random_tensor({2, 3, 5, 6}, 102, dt);
+      EXPECT_TRUE(all_close(scaled_dot_product_attention(q, k, v, causal),
+                            reference_attention(q, k, v, causal, 0.5), tol, tol))
+          << "causal " << causal;
+      Tensor q3 = random_tensor({4, 7, 8}, 103, dt), k3 = random_tensor({4, 7, 8}, 104, dt),
+             v3 = random_tensor({4, 7, 8}, 105, dt);
+      EXPECT_TRUE(all_close(scaled_dot_product_attention(q3, k3, v3, causal, 0.3),
+                            reference_attention(q3, k3, v3, causal, 0.3), tol, tol));
+    }
+  }
+}
+
+TEST(Attention, CausalWithMoreKeysThanQueriesIsTopLeftAligned) {
+  // PyTorch's is_causal masks with tril(ones(Tq, Tk)): query i sees keys 0..i.
+  Tensor q = random_tensor({2, 3, 4}, 106), k = random_tensor({2, 6, 4}, 107), v = random_tensor({2, 6, 2}, 108);
+  EXPECT_TRUE(all_close(scaled_dot_product_attention(q, k, v, true), reference_attention(q, k, v, true, 0.5), 1e-12,
+                        1e-12));
+  // The first query sees only the first key: its output is that key's value.
+  Tensor out = scaled_dot_product_attention(q, k, v, true);
+  EXPECT_TRUE(all_close(narrow(narrow(out, 1, 0, 1), 0, 0, 1), narrow(narrow(v, 1, 0, 1), 0, 0, 1), 1e-15, 0));
+}
+
+TEST(Attention, MatchesComposedOps) {
+  // softmax(q·kᵀ·scale + mask)·v from matmul, transpose, add and softmax.
+  Tensor q = random_tensor({3, 6, 5}, 109), k = random_tensor({3, 6, 5}, 110), v = random_tensor({3, 6, 5}, 111);
+  std::vector<double> mask(36);
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 6; ++j) mask[i * 6 + j] = j <= i ? 0.0 : -INFINITY;
+  Tensor scores = add(mul(bmm(q, transpose(k, 1, 2)), 0.25), Tensor::from_vector(mask, {6, 6}));
+  EXPECT_TRUE(all_close(scaled_dot_product_attention(q, k, v, true, 0.25), bmm(softmax(scores, -1), v), 1e-12, 1e-12));
+}
+
+TEST(Attention, HalfPrecisionOnCpu) {
+  Tensor q = random_tensor({2, 9, 8}, 112), k = random_tensor({2, 9, 8}, 113), v = random_tensor({2, 9, 8}, 114);
+  Tensor want = reference_attention(q, k, v, true, 1 / std::sqrt(8.0));
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    Tensor got = scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), true);
+    EXPECT_EQ(got.dtype(), dt);
+    EXPECT_LT(testing::relative_error(got, want), dt == DType::kF16 ? 3e-3 : 2e-2) << dtype_name(dt);
+  }
+}
+
+TEST(Attention, AutocastRunsInLowPrecision) {
+  Tensor q = random_tensor({2, 4, 8}, 115, DType::kF32), k = random_tensor({2, 4, 8}, 116, DType::kF32),
+         v = random_tensor({2, 4, 8}, 117, DType::kF32);
+  q.set_requires_grad(true);
+  Tensor out;
+  {
+    AutocastGuard guard(DType::kBF16);
+    out = scaled_dot_product_attention(q, k, v, true);
+  }
+  EXPECT_EQ(out.dtype(), DType::kBF16);
+  EXPECT_LT(testing::relative_error(out, reference_attention(q, k, v, true, 1 / std::sqrt(8.0))), 2e-2);
+  sum(out.to(DType::kF32)).backward();
+  EXPECT_EQ(q.grad().dtype(), DType::kF32);  // through the differentiable cast
+}
+
+TEST(AttentionGrad, FiniteDifferences) {
+  for (bool causal : {false, true}) {
+    EXPECT_TRUE(gradcheck(sdpa(causal), {leaf({2, 4, 3}, 120), leaf({2, 4, 3}, 121), leaf({2, 4, 5}, 122)}))
+        << "causal " << causal;
+    EXPECT_TRUE(gradcheck(sdpa(causal, 0.7), {leaf({2, 2, 3, 4}, 123), leaf({2, 2, 5, 4}, 124), leaf({2, 2, 5, 2}, 125)}))
+        << "causal " << causal;
+  }
+  EXPECT_TRUE(gradcheck(sdpa(true), {leaf({1, 3}, 126), leaf({1, 3}, 127), leaf({1, 3}, 128)}));  // 2-D, one query
+}
+
+TEST(AttentionGrad, OnlySomeOperandsRequireGrad) {
+  Tensor k = random_tensor({2, 4, 3}, 130), v = random_tensor({2, 4, 3}, 131), q = random_tensor({2, 4, 3}, 132);
+  EXPECT_TRUE(gradcheck([&](const std::vector<Tensor>& t) { return scaled_dot_product_attention(t[0], k, v, true); },
+                        {leaf({2, 4, 3}, 133)}));
+  EXPECT_TRUE(gradcheck([&](const std::vector<Tensor>& t) { return scaled_dot_product_attention(q, k, t[0], true); },
+                        {leaf({2, 4, 3}, 134)}));
+  EXPECT_TRUE(gradcheck([&](const std::vector<Tensor>& t) { return scaled_dot_product_attention(q, t[0], v, false); },
+                        {leaf({2, 4, 3}, 135)}));
+}
+
+TEST(AttentionGrad, NoQueriesGivesEmptyOutputAndZeroGradients) {
+  Tensor q = leaf({2, 0, 3}, 136), k = leaf({2, 4, 3}, 137), v = leaf({2, 4, 5}, 138);
+  Tensor out = scaled_dot_product_attention(q, k, v, true);
+  EXPECT_EQ(out.shape(), (Shape{2, 0, 5}));
+  sum(out).backward();
+  EXPECT_TRUE(all_close(k.grad(), zeros({2, 4, 3}, {.dtype = DType::kF64}), 0, 0));
+  EXPECT_TRUE(all_close(v.grad(), zeros({2, 4, 5}, {.dtype = DType::kF64}), 0, 0));
+}
+
+TEST(AttentionErrors, ShapesDtypesAndScale) {
+  Tensor q = random_tensor({2, 4, 3}, 140), k = random_tensor({2, 4, 3}, 141), v = random_tensor({2, 4, 5}, 142);
+  expect_invalid([&] { scaled_dot_product_attention(random_tensor({3}, 143), k, v); },
+                 {"[scaled_dot_product_attention]", "same number", "[3], [2, 4, 3] and [2, 4, 5]"});
+  expect_invalid([&] { scaled_dot_product_attention(q, random_tensor({2, 4, 2}, 144), v); },
+                 {"[scaled_dot_product_attention]", "E = 3", "[2, 4, 3], [2, 4, 2] and [2, 4, 5]"});
+  expect_invalid([&] { scaled_dot_product_attention(q, k, random_tensor({2, 3, 5}, 145)); },
+                 {"[scaled_dot_product_attention]", "Tk = 4", "[2, 3, 5]"});
+  expect_invalid([&] { scaled_dot_product_attention(q, random_tensor({3, 4, 3}, 146), random_tensor({3, 4, 5}, 147)); },
+                 {"[scaled_dot_product_attention]", "leading dims", "[2, 4, 3], [3, 4, 3]"});
+  expect_invalid([&] { scaled_dot_product_attention(q, random_tensor({2, 0, 3}, 148), random_tensor({2, 0, 5}, 149)); },
+                 {"[scaled_dot_product_attention]", "at least one key"});
+  expect_invalid([&] { scaled_dot_product_attention(q, k.to(DType::kF32), v); },
+                 {"[scaled_dot_product_attention]", "float64", "float32"});
+  expect_invalid([&] { scaled_dot_product_attention(q, k, v, false, INFINITY); },
+                 {"[scaled_dot_product_attention]", "finite scale", "inf"});
+  Tensor qi = arange(6).reshape({2, 3});
+  expect_invalid([&] { scaled_dot_product_attention(qi, qi, qi); }, {"[scaled_dot_product_attention]", "int64"});
 }
 
 }  // namespace

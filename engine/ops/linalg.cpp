@@ -1,8 +1,10 @@
-// Matrix products: matmul, bmm and linear. Every product is one GEMM call with
-// transpose flags (Eigen on the CPU, cuBLAS on CUDA); backward rules are products of
-// the same kind with other flags, so no transpose is ever materialised.
+// Matrix products: matmul, bmm, linear and scaled dot-product attention. Every product
+// is one GEMM call with transpose flags (Eigen on the CPU, cuBLAS on CUDA); backward
+// rules are products of the same kind with other flags, so no transpose is ever
+// materialised.
 #include "engine/ops/linalg.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -10,9 +12,12 @@
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/dispatch.h"
+#include "engine/ops/factory.h"
 #include "engine/ops/reduce.h"
 #include "engine/ops/shape.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/gemm.h"
 
 namespace tandem {
@@ -72,6 +77,33 @@ Tensor matmul_trans(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b
                      return std::vector<Tensor>{ga, gb};
                    });
   return out;
+}
+
+// In place: scores -> attention weights (forward, backward = false), or the weights'
+// gradient -> the scores' gradient (backward = true, reading the saved weights p).
+void attention_softmax(const Tensor& x, const Tensor& p, bool backward, int64_t t_q, int64_t t_k, double scale,
+                       bool causal) {
+  const int64_t batch = x.size(0);
+  dispatch_device(
+      "scaled_dot_product_attention", x.device(),
+      [&] {
+        if (backward) {
+          kernels::cpu::attention_softmax_backward(x.data_ptr(), x.data_ptr(), p.data_ptr(), x.dtype(), batch, t_q,
+                                                   t_k, scale, causal);
+        } else {
+          kernels::cpu::attention_softmax_forward(x.data_ptr(), x.data_ptr(), x.dtype(), batch, t_q, t_k, scale,
+                                                  causal);
+        }
+      },
+      [&](auto) {
+        if (backward) {
+          kernels::cuda::attention_softmax_backward(x.data_ptr(), x.data_ptr(), p.data_ptr(), x.dtype(), batch, t_q,
+                                                    t_k, scale, causal, cuda_stream(x.device()));
+        } else {
+          kernels::cuda::attention_softmax_forward(x.data_ptr(), x.data_ptr(), x.dtype(), batch, t_q, t_k, scale,
+                                                   causal, cuda_stream(x.device()));
+        }
+      });
 }
 
 [[noreturn]] void throw_inner_mismatch(const char* op, const Tensor& a, const Tensor& b) {
@@ -176,6 +208,85 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                      return std::vector<Tensor>{gx, gw, gb};
                    });
   return y;
+}
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal,
+                                    std::optional<double> scale) {
+  constexpr const char* kOp = "scaled_dot_product_attention";
+  if (autocast_active()) {  // autocast: low precision (the softmax accumulates in f32 regardless)
+    Tensor ql = autocast_to_low(q), kl = autocast_to_low(k), vl = autocast_to_low(v);
+    if (!ql.is_same(q) || !kl.is_same(k) || !vl.is_same(v)) return scaled_dot_product_attention(ql, kl, vl, is_causal, scale);
+  }
+  check_operands(kOp, q, k, "q", "k");
+  check_operands(kOp, q, v, "q", "v");
+  const auto shapes = [&] { return shape_str(q.shape()) + ", " + shape_str(k.shape()) + " and " + shape_str(v.shape()); };
+  if (q.dim() < 2 || k.dim() != q.dim() || v.dim() != q.dim())
+    throw std::invalid_argument(op_prefix(kOp) +
+                                "expected q (..., Tq, E), k (..., Tk, E) and v (..., Tk, Ev) with the same number "
+                                "(>= 2) of dims, got " + shapes());
+  int64_t batch = 1;
+  for (int64_t d = 0; d + 2 < q.dim(); ++d) {
+    if (k.size(d) != q.size(d) || v.size(d) != q.size(d))
+      throw std::invalid_argument(op_prefix(kOp) + "expected equal leading dims of q, k and v, got " + shapes());
+    batch *= q.size(d);
+  }
+  const int64_t t_q = q.size(-2), e = q.size(-1), t_k = k.size(-2), e_v = v.size(-1);
+  if (k.size(-1) != e || v.size(-2) != t_k)
+    throw std::invalid_argument(op_prefix(kOp) + "expected k (..., Tk, E) to match q's E = " + std::to_string(e) +
+                                " and v (..., Tk, Ev) k's Tk = " + std::to_string(t_k) + ", got " + shapes());
+  if (t_k == 0 || e == 0)
+    throw std::invalid_argument(op_prefix(kOp) + "expected at least one key and E >= 1, got " + shapes());
+  const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(e));
+  if (!std::isfinite(s)) throw std::invalid_argument(op_prefix(kOp) + "expected a finite scale, got " + std::to_string(s));
+
+  // (batch, T, E) views of the contiguous operands.
+  const auto as3 = [batch](const Tensor& t) {
+    return Tensor::from_storage(t.storage(), {batch, t.size(-2), t.size(-1)}, t.dtype(), t.offset());
+  };
+  const Tensor q3 = as3(q), k3 = as3(k), v3 = as3(v);
+  const TensorOptions like{.dtype = q.dtype(), .device = q.device()};
+  Tensor p = Tensor::empty({batch, t_q, t_k}, like);
+  Shape out_shape = q.shape();
+  out_shape.back() = e_v;
+  Tensor out = Tensor::empty(out_shape, like);
+  if (p.numel() > 0) {
+    gemm_into(p, q3, false, k3, /*trans_b=*/true, false);  // scores q·kᵀ
+    attention_softmax(p, p, /*backward=*/false, t_q, t_k, s, is_causal);
+    gemm_into(as3(out), p, false, v3, false, false);
+  }
+
+  const bool need_q = q.requires_grad(), need_k = k.requires_grad(), need_v = v.requires_grad();
+  autograd::record(
+      kOp, {q, k, v}, {out},
+      [q3 = q3.detach(), k3 = k3.detach(), v3 = v3.detach(), p, shapes = std::vector<Shape>{q.shape(), k.shape(), v.shape()},
+       t_q, t_k, s, is_causal, need_q, need_k, need_v](std::vector<Tensor>& grads) {
+        const TensorOptions like{.dtype = p.dtype(), .device = p.device()};
+        const int64_t batch = p.size(0);
+        const Tensor g = Tensor::from_storage(grads[0].storage(), {batch, t_q, v3.size(2)}, grads[0].dtype(),
+                                              grads[0].offset());
+        Tensor gq, gk, gv;
+        if (p.numel() == 0) {  // no queries: nothing flows back
+          if (need_q) gq = zeros(shapes[0], like);
+          if (need_k) gk = zeros(shapes[1], like);
+          if (need_v) gv = zeros(shapes[2], like);
+          return std::vector<Tensor>{gq, gk, gv};
+        }
+        // Each gradient is computed into a (batch, T, E) view of its full-shaped tensor.
+        const auto into = [&like](const Shape& shape, const Tensor& view_of, Tensor& grad) {
+          grad = Tensor::empty(shape, like);
+          return Tensor::from_storage(grad.storage(), view_of.shape(), grad.dtype(), 0);
+        };
+        if (need_v) gemm_into(into(shapes[2], v3, gv), p, true, g, false, false);  // dV = Pᵀ·dO
+        if (need_q || need_k) {
+          Tensor ds = Tensor::empty(p.shape(), like);
+          gemm_into(ds, g, false, v3, true, false);                               // dP = dO·Vᵀ
+          attention_softmax(ds, p, /*backward=*/true, t_q, t_k, s, is_causal);    // dS (scale included)
+          if (need_q) gemm_into(into(shapes[0], q3, gq), ds, false, k3, false, false);  // dQ = dS·K
+          if (need_k) gemm_into(into(shapes[1], k3, gk), ds, true, q3, false, false);   // dK = dSᵀ·Q
+        }
+        return std::vector<Tensor>{gq, gk, gv};
+      });
+  return out;
 }
 
 Tensor Tensor::matmul(const Tensor& other) const { return tandem::matmul(*this, other); }
