@@ -13,6 +13,7 @@
 #include "tandem/config.h"
 
 #include "layers/activation.h"
+#include "layers/attention.h"
 #include "layers/checkpoint.h"
 #include "layers/conv.h"
 #include "layers/dropout.h"
@@ -20,6 +21,7 @@
 #include "layers/flatten.h"
 #include "layers/linear.h"
 #include "layers/models/cnn.h"
+#include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
 #include "layers/module.h"

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """PyTorch side of bench/compare_pytorch: trains the same models as tandem-compare with
-SGD (lr 0.05, momentum 0.9, weight decay 5e-4) and cross-entropy, and prints one JSON
-line per loop variant:
+SGD (lr 0.05, momentum 0.9, weight decay 5e-4) and cross-entropy (the GPTs with AdamW,
+lr 6e-4, betas (0.9, 0.95), weight decay 0.1, and the mean next-token cross-entropy),
+and prints one JSON line per loop variant:
 
   --model mlp       784-256-ReLU-10, one epoch of Fashion-MNIST, batch 128
   --model cnn       conv(1->32,3,pad 1)-BN-ReLU-maxpool2 - conv(32->64,3,pad 1)-BN-ReLU-
@@ -11,6 +12,14 @@ line per loop variant:
                     --warmup-steps untimed then --steps timed steps of batch 32 on
                     3x32x32 synthetic images built like Tandem's SyntheticImages
                     (a uniform [-1, 1) prototype per class plus standard normal noise)
+  --model gpt2      GPT-2 small (nanoGPT's layout: 12 layers, 12 heads, 768 wide, 1024
+                    positions, vocabulary 50257, head tied to the embedding), batch 8
+  --model gpt-mini  nanoGPT's shakespeare_char size: 6 layers, 6 heads, 384 wide, 256
+                    positions, 65 symbols, batch 8
+                    (the GPTs on uniform random tokens, --warmup-steps then --steps as
+                    resnet18; attention through F.scaled_dot_product_attention(is_causal)
+                    from torch 2.0 on, which picks flash / memory-efficient kernels on
+                    CUDA, else the masked softmax written out)
 
   dataloader  the idiomatic loop: torch.utils.data.DataLoader over a TensorDataset,
               shuffle=True (pin_memory on CUDA)
@@ -187,8 +196,9 @@ class CheckpointedSequential(nn.Sequential):
 
 def enable_grad_checkpointing(model):
     """Checkpointing as tandem-compare --grad-checkpoint: a Sequential in round(sqrt(L))
-    segments, else each Sequential child (ResNet-18's stages) one segment per block.
-    Returns the model (the Sequential is replaced, sharing its layers) and the segments."""
+    segments, else each Sequential child (ResNet-18's stages), or Sequential child of a
+    ModuleDict child (a GPT's transformer.h), one segment per block. Returns the model
+    (the Sequential is replaced, sharing its layers) and the segments."""
     if isinstance(model, nn.Sequential):
         segments = max(1, round(math.sqrt(len(model))))
         return CheckpointedSequential(list(model), segments), segments
@@ -197,7 +207,90 @@ def enable_grad_checkpointing(model):
         if isinstance(child, nn.Sequential):
             setattr(model, name, CheckpointedSequential(list(child), len(child)))
             total += len(child)
+        elif isinstance(child, nn.ModuleDict):
+            for key, grandchild in list(child.items()):
+                if isinstance(grandchild, nn.Sequential):
+                    child[key] = CheckpointedSequential(list(grandchild), len(grandchild))
+                    total += len(grandchild)
     return model, total
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.c_attn(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        if hasattr(nn.functional, "scaled_dot_product_attention"):
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # torch 1.x
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            y = att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
+        return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = nn.Sequential(collections.OrderedDict(
+            c_fc=nn.Linear(n_embd, 4 * n_embd), gelu=nn.GELU(), c_proj=nn.Linear(4 * n_embd, n_embd)))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """nanoGPT's GPT (no dropout), as Tandem's models::GPT: the blocks are an nn.Sequential
+    (transformer.h) so activation checkpointing takes the same segments."""
+
+    SIZES = {"gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+             "gpt-mini": dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)}
+
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd),
+            h=nn.Sequential(*[Block(n_embd, n_head) for _ in range(n_layer)]), ln_f=nn.LayerNorm(n_embd)))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+            elif p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02)
+            elif ".ln_" not in name:
+                nn.init.zeros_(p)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        return self.lm_head(self.transformer.ln_f(self.transformer.h(x)))
+
+
+def random_tokens(n, size, seed):
+    """n sequences of block_size + 1 uniform random tokens: inputs and next-token targets."""
+    cfg = GPT.SIZES[size]
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(0, cfg["vocab_size"], (n, cfg["block_size"] + 1), generator=g)
+    return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+
+
+def loss_of(logits, y):
+    """Cross-entropy of classifier logits (N, C), or the mean over every position of a
+    language model's logits (N, T, V)."""
+    if logits.dim() == 3:
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    return nn.functional.cross_entropy(logits, y)
 
 
 def build_model(name):
@@ -208,6 +301,8 @@ def build_model(name):
             nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    if name in GPT.SIZES:
+        return GPT(**GPT.SIZES[name])
     return ResNet18()
 
 
@@ -217,7 +312,10 @@ def make_model(name, device, seed, grad_checkpoint=False):
     segments = 0
     if grad_checkpoint:
         model, segments = enable_grad_checkpointing(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    if name in GPT.SIZES:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     return model, optimizer, segments
 
 
@@ -285,7 +383,7 @@ class Breakdown:
 def train_step(model, optimizer, xb, yb, prec, bd=None):
     if bd is None:
         with prec.autocast():
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss = loss_of(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         prec.backward_and_step(loss, optimizer)
         return loss
@@ -294,7 +392,7 @@ def train_step(model, optimizer, xb, yb, prec, bd=None):
         with prec.autocast():
             logits = model(xb)
             bd.lap("forward")
-            loss = nn.functional.cross_entropy(logits, yb)
+            loss = loss_of(logits, yb)
             bd.lap("loss")
         optimizer.zero_grad(set_to_none=True)
         bd.lap("zero_grad")
@@ -427,13 +525,15 @@ def accuracy(model, x, y, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["mlp", "cnn", "resnet18"], default="mlp")
+    parser.add_argument("--model", choices=["mlp", "cnn", "resnet18", "gpt2", "gpt-mini"], default="mlp")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (mlp, cnn)")
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    parser.add_argument("--batch-size", type=int, default=0, help="0: 128 for mlp and cnn, 32 for resnet18")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps of resnet18")
-    parser.add_argument("--warmup-steps", type=int, default=-1, help="untimed steps first (-1: 3 for resnet18, else 0)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="0: 128 for mlp and cnn, 32 for resnet18, 8 for the GPTs")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of resnet18 and the GPTs")
+    parser.add_argument("--warmup-steps", type=int, default=-1,
+                        help="untimed steps first (-1: 0 for mlp and cnn, else 3)")
     parser.add_argument("--max-batches", type=int, default=0, help="stop after this many timed batches (0: no limit)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch.set_num_threads (default: number of cores)")
@@ -453,8 +553,9 @@ def main():
                         help="steps of the untimed profiled pass that measures CPU peak memory (0: skip)")
     args = parser.parse_args()
 
-    fashion = args.model != "resnet18"
-    batch_size = args.batch_size or (128 if fashion else 32)
+    fashion = args.model in ("mlp", "cnn")
+    gpt = args.model in GPT.SIZES
+    batch_size = args.batch_size or (128 if fashion else 8 if gpt else 32)
     warmup = args.warmup_steps if args.warmup_steps >= 0 else (0 if fashion else 3)
     epochs = args.epochs if fashion else 1
     max_steps = args.max_batches if fashion else args.steps
@@ -489,6 +590,8 @@ def main():
     if fashion:
         x_train, y_train = load_split(args.data, "train")
         x_test, y_test = load_split(args.data, "t10k")
+    elif gpt:
+        x_train, y_train = random_tokens((warmup + args.steps) * batch_size, args.model, args.seed)
     else:
         x_train, y_train = synthetic_images((warmup + args.steps) * batch_size, (3, 32, 32), 10, args.seed)
     load_s = time.perf_counter() - load_start
@@ -560,6 +663,11 @@ def main():
             "blas": loaded_blas(),
             "mkldnn": torch.backends.mkldnn.is_available(),
         }
+        if gpt:
+            result["sequence_length"] = GPT.SIZES[args.model]["block_size"]
+            result["tokens_per_s"] = result["samples_per_s"] * result["sequence_length"]
+            result["attention"] = ("F.scaled_dot_product_attention"
+                                   if hasattr(nn.functional, "scaled_dot_product_attention") else "masked softmax")
         result.update(memory)
         if prec.scaler.is_enabled():
             # GradScaler does not count skipped steps; each skip halves the scale once.

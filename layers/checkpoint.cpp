@@ -247,6 +247,8 @@ int64_t enable_grad_checkpointing(Module& model) {
     if (auto* s = dynamic_cast<Sequential*>(child.get())) {
       s->set_checkpoint_segments(static_cast<int64_t>(s->size()));
       n += s->checkpoint_segments();
+    } else if (dynamic_cast<ModuleDict*>(child.get()) != nullptr) {
+      n += enable_grad_checkpointing(*child);  // a grouping level: its Sequential children count
     }
   }
   return n;

@@ -56,8 +56,9 @@ bool in_checkpoint_recompute();
 
 /// The checkpointing rule of tandem-train --grad-checkpoint and the Trainer: a Sequential
 /// model (MLP, CNN) runs in about sqrt(L) segments of its L layers; any other model has
-/// each Sequential child (ResNet-18's stages) run one segment per block. Returns the
-/// number of segments set (0: the model has nothing to checkpoint this way).
+/// each Sequential child (ResNet-18's stages), or Sequential child of a ModuleDict child
+/// (a GPT's blocks, transformer.h), run one segment per block. Returns the number of
+/// segments set (0: the model has nothing to checkpoint this way).
 int64_t enable_grad_checkpointing(Module& model);
 
 /// A module whose forward is checkpointed: Checkpointed(block)->forward(x) equals

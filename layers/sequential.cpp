@@ -1,4 +1,4 @@
-// Sequential container.
+// Sequential and ModuleDict containers.
 #include "layers/sequential.h"
 
 #include <algorithm>
@@ -56,6 +56,14 @@ std::shared_ptr<Module> Sequential::clone() const {
   return clone_via([this] {
     auto copy = std::make_shared<Sequential>();
     for (const auto& m : modules_) copy->push_back(m->clone());
+    return copy;
+  });
+}
+
+std::shared_ptr<Module> ModuleDict::clone() const {
+  return clone_via([this] {
+    auto copy = std::make_shared<ModuleDict>();
+    for (const auto& [key, m] : named_children()) copy->insert(key, m->clone());
     return copy;
   });
 }

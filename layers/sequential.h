@@ -1,9 +1,12 @@
-// Sequential: children "0", "1", ... applied in order, each to the previous output.
+// Containers: Sequential (children "0", "1", ... applied in order, each to the previous
+// output) and ModuleDict (named children, no computation of its own).
 #pragma once
 
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "layers/module.h"
@@ -43,6 +46,17 @@ class Sequential : public Module {
   std::vector<std::shared_ptr<Module>> modules_;
   // Checkpointed groups of modules_ (the same layer objects), run instead when set.
   std::vector<std::shared_ptr<Module>> segments_;
+};
+
+/// Named children and no forward, as torch.nn.ModuleDict: a grouping level in parameter
+/// names ("transformer.h.0.attn...") for models that call the children themselves.
+class ModuleDict : public Module {
+ public:
+  ModuleDict() = default;
+  /// Adds `module` as child `key` (keys are unique, as for any child).
+  void insert(const std::string& key, std::shared_ptr<Module> module) { add_child(key, std::move(module)); }
+  std::string name() const override { return "ModuleDict"; }
+  std::shared_ptr<Module> clone() const override;
 };
 
 }  // namespace tandem::nn

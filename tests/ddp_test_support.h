@@ -14,6 +14,7 @@
 #include "layers/activation.h"
 #include "layers/linear.h"
 #include "layers/models/cnn.h"
+#include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "optim/sgd.h"
 #include "test_util.h"
@@ -59,21 +60,28 @@ class Swappable : public nn::Module {
   std::shared_ptr<nn::Linear> a_, b_, head_;
 };
 
-enum class Kind { kMLP, kCNN, kUnused };
+/// kGPT: a two-block GPT on token sequences (its head shares the embedding's weight).
+enum class Kind { kMLP, kCNN, kUnused, kGPT };
 
-inline const char* kind_name(Kind k) { return k == Kind::kMLP ? "MLP" : k == Kind::kCNN ? "CNN" : "UnusedBranch"; }
+inline const char* kind_name(Kind k) {
+  return k == Kind::kMLP ? "MLP" : k == Kind::kCNN ? "CNN" : k == Kind::kGPT ? "GPT" : "UnusedBranch";
+}
 
 inline Shape sample_shape(Kind k) {
   if (k == Kind::kCNN) return {1, 8, 8};
   if (k == Kind::kUnused) return {6};
   return {12};
 }
-inline int64_t num_classes(Kind k) { return k == Kind::kUnused ? 3 : 5; }
+inline int64_t num_classes(Kind k) { return k == Kind::kUnused ? 3 : k == Kind::kGPT ? 11 : 5; }
+constexpr int64_t kGptSequence = 6;
 
 inline std::shared_ptr<nn::Module> make_model(Kind k, uint64_t seed) {
   manual_seed(seed);
   if (k == Kind::kCNN) return std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .num_classes = 5, .image_size = 8, .hidden = 16});
   if (k == Kind::kUnused) return std::make_shared<UnusedBranch>();
+  if (k == Kind::kGPT)
+    return std::make_shared<nn::models::GPT>(nn::models::GPTOptions{
+        .vocab_size = num_classes(k), .block_size = kGptSequence, .n_layer = 2, .n_head = 2, .n_embd = 8});
   return std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 12, .hidden = {16, 16}, .out = 5});
 }
 
@@ -82,10 +90,21 @@ struct Batch {
   Tensor x, y;
 };
 inline Batch global_batch(Kind k, int step, int64_t n, Device device = Device::cpu()) {
+  if (k == Kind::kGPT) {
+    const uint64_t seed = 1000 + static_cast<uint64_t>(step);
+    return {tandem::testing::random_indices({n, kGptSequence}, num_classes(k), seed, device),
+            tandem::testing::random_indices({n, kGptSequence}, num_classes(k), seed + 1000, device)};
+  }
   Shape shape = sample_shape(k);
   shape.insert(shape.begin(), n);
   return {tandem::testing::random_tensor(shape, 1000 + static_cast<uint64_t>(step), DType::kF32, device, -1.0, 1.0),
           tandem::testing::random_indices({n}, num_classes(k), 2000 + static_cast<uint64_t>(step), device)};
+}
+
+/// Cross-entropy of the model's output; for the GPT, the mean over every position.
+inline Tensor loss_of(Kind k, const Tensor& out, const Tensor& y) {
+  if (k == Kind::kGPT) return cross_entropy(reshape(out, {-1, out.size(-1)}), reshape(y, {-1}));
+  return cross_entropy(out, y);
 }
 
 inline Tensor rows(const Tensor& t, int64_t start, int64_t n) { return t.narrow(0, start, n).clone(); }
@@ -127,11 +146,11 @@ inline std::vector<std::pair<std::string, Tensor>> reference(Kind k, int world, 
     Batch b = global_batch(k, s, world * kBatch, device);
     opt.zero_grad();
     if (!per_rank_bn) {
-      cross_entropy(model->forward(b.x), b.y).backward();
+      loss_of(k, model->forward(b.x), b.y).backward();
     } else {
       nn::StateDict after_rank0;
       for (int r = 0; r < world; ++r) {
-        Tensor loss = cross_entropy(model->forward(rows(b.x, r * kBatch, kBatch)), rows(b.y, r * kBatch, kBatch));
+        Tensor loss = loss_of(k, model->forward(rows(b.x, r * kBatch, kBatch)), rows(b.y, r * kBatch, kBatch));
         mul(loss, scalar_tensor(1.0 / world)).backward();
         if (r == 0) after_rank0 = snapshot(*model);
       }
@@ -157,7 +176,7 @@ inline std::vector<std::pair<std::string, Tensor>> ddp_train(Kind k, std::shared
   for (int s = 0; s < kSteps; ++s) {
     Batch b = global_batch(k, s, world * kBatch, device);
     opt.zero_grad();
-    Tensor loss = cross_entropy(ddp.forward(rows(b.x, rank * kBatch, kBatch)), rows(b.y, rank * kBatch, kBatch));
+    Tensor loss = loss_of(k, ddp.forward(rows(b.x, rank * kBatch, kBatch)), rows(b.y, rank * kBatch, kBatch));
     loss.backward();
     opt.step();
   }

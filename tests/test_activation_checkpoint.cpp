@@ -21,6 +21,7 @@
 #include "layers/checkpoint.h"
 #include "layers/dropout.h"
 #include "layers/linear.h"
+#include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "layers/norm.h"
 #include "layers/sequential.h"
@@ -397,6 +398,10 @@ TEST(SequentialSegments, TheTrainersRuleForModels) {
   // Not a Sequential: each Sequential child one segment per block; here none.
   Linear plain(3, 3);
   EXPECT_EQ(enable_grad_checkpointing(plain), 0);
+  // A GPT's blocks sit under a ModuleDict (transformer.h): one segment per block.
+  models::GPT gpt({.vocab_size = 7, .block_size = 4, .n_layer = 3, .n_head = 1, .n_embd = 4});
+  EXPECT_EQ(enable_grad_checkpointing(gpt), 3);
+  EXPECT_EQ(gpt.blocks()->checkpoint_segments(), 3);
 }
 
 TEST(SequentialSegments, SegmentCountIsChecked) {

@@ -1,6 +1,7 @@
 // Training end to end on the GPU: the Trainer on CUDA against the same run on the
 // CPU, no cudaMalloc once a training loop is warm (fp32, bf16, fp16 with the scaler;
-// SGD and AdamW; MLP, CNN, ResNet-18), and tandem-train itself on Fashion-MNIST with
+// SGD and AdamW; MLP, CNN, ResNet-18, GPT), a GPT's AdamW steps on CUDA against the
+// CPU, and tandem-train itself on Fashion-MNIST with
 // every strategy and precision one GPU can run (the README's main job).
 #include <sys/wait.h>
 
@@ -23,6 +24,7 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "layers/models/cnn.h"
+#include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
 #include "optim/adam.h"
@@ -170,6 +172,59 @@ TEST(CudaTraining, NoCudaMallocOnceTheLoopIsWarm) {
       EXPECT_LT(scaler.skipped_steps(), 4);
     }
   }
+}
+
+TEST(CudaTraining, GptAdamWStepsMatchTheCpuAndStayInTheCache) {
+  TANDEM_REQUIRE_CUDA();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
+  const nn::models::GPTOptions options{.vocab_size = 64, .block_size = 32, .n_layer = 2, .n_head = 4, .n_embd = 64};
+  const Tensor tokens = random_indices({8, 33}, 64, 31);
+  const Tensor input = tokens.narrow(1, 0, 32), targets = tokens.narrow(1, 1, 32);
+  const auto lm_loss = [](const Tensor& logits, const Tensor& t) {
+    return cross_entropy(reshape(logits, {-1, logits.size(2)}), reshape(t, {-1}));
+  };
+  // Runs 8 AdamW steps on `device` (under autocast to `amp` unless f32); returns the
+  // losses and checks that steps 5-8 allocate no device memory.
+  const auto run = [&](Device device, DType amp, nn::models::GPT& model) {
+    model.to(device);
+    optim::AdamW opt(model.parameters(), {.lr = 1e-3});
+    const Tensor x = input.to(device), y = targets.to(device);
+    std::vector<double> losses;
+    int64_t allocs_when_warm = 0;
+    for (int step = 0; step < 8; ++step) {
+      opt.zero_grad();
+      Tensor loss;
+      {
+        std::optional<AutocastGuard> guard;
+        if (amp != DType::kF32) guard.emplace(amp);
+        loss = lm_loss(model(x), y);
+      }
+      loss.backward();
+      opt.step();
+      losses.push_back(loss.item());
+      if (device.is_cuda() && step == 3) allocs_when_warm = cuda::memory_stats(0).num_device_allocs;
+    }
+    if (device.is_cuda()) {
+      EXPECT_EQ(cuda::memory_stats(0).num_device_allocs, allocs_when_warm) << "cudaMalloc in steps 5-8";
+    }
+    return losses;
+  };
+  manual_seed(5);
+  nn::models::GPT on_cpu(options);
+  manual_seed(5);
+  nn::models::GPT on_gpu(options);
+  manual_seed(5);
+  nn::models::GPT on_gpu_bf16(options);
+  const std::vector<double> cpu = run(Device::cpu(), DType::kF32, on_cpu);
+  const std::vector<double> gpu = run(kGpu, DType::kF32, on_gpu);
+  const std::vector<double> bf16 = run(kGpu, DType::kBF16, on_gpu_bf16);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    EXPECT_NEAR(gpu[i], cpu[i], 1e-4 * cpu[i]) << "step " << i;
+    EXPECT_NEAR(bf16[i], cpu[i], 3e-2 * cpu[i]) << "step " << i;
+  }
+  const auto pc = on_cpu.named_parameters(), pg = on_gpu.named_parameters();
+  for (size_t i = 0; i < pc.size(); ++i)
+    EXPECT_LE(tandem::testing::relative_error(pg[i].second.cpu(), pc[i].second), 1e-4) << pg[i].first;
 }
 
 // ---- tandem-train on the GPU -----------------------------------------------------------------

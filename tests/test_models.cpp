@@ -11,16 +11,21 @@
 #include "data/synthetic.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "layers/attention.h"
 #include "layers/models/cnn.h"
+#include "layers/models/gpt.h"
 #include "layers/models/resnet.h"
+#include "optim/adam.h"
 #include "optim/sgd.h"
 #include "test_util.h"
 
 using namespace tandem;
 using namespace tandem::nn;
 using tandem::testing::all_close;
+using tandem::testing::fixture_tensor;
 using tandem::testing::expect_invalid;
 using tandem::testing::load_fixture;
+using tandem::testing::random_indices;
 using tandem::testing::random_tensor;
 
 namespace {
@@ -259,4 +264,154 @@ TEST(ResNet18, OneTrainingStepAtBatchTwo) {
 TEST(ResNet18, BadOptions) {
   expect_invalid([] { models::ResNet18({.in_channels = 2}); }, {"[ResNet18]", "in_channels 1 or 3", "got 2"});
   expect_invalid([] { models::ResNet18({.num_classes = 0}); }, {"[ResNet18]", "num_classes >= 1", "got 0"});
+}
+
+// ---- GPT ------------------------------------------------------------------------------
+
+namespace {
+
+models::GPTOptions tiny_gpt(double dropout = 0.0) {
+  return {.vocab_size = 13, .block_size = 8, .n_layer = 2, .n_head = 2, .n_embd = 8, .dropout = dropout};
+}
+
+/// The mean next-token cross-entropy of logits (B, T, V) against targets (B, T).
+Tensor lm_loss(const Tensor& logits, const Tensor& targets) {
+  return cross_entropy(reshape(logits, {-1, logits.size(2)}), reshape(targets, {-1}));
+}
+
+}  // namespace
+
+TEST(GPT, ForwardAndGradientsMatchPyTorch) {
+  auto fx = load_fixture("gpt.json");
+  models::GPT net(tiny_gpt());
+  net.to(DType::kF64);
+  EXPECT_EQ(names_of(net.named_parameters()), fx["parameters"].get<std::vector<std::string>>());
+  EXPECT_EQ(net.num_parameters(), fx["num_parameters"].get<int64_t>());
+  StateDict weights;
+  for (const auto& name : fx["parameters"]) weights.emplace_back(name, fixture_tensor(fx["values"][name.get<std::string>()]));
+  net.load_state_dict(weights);
+
+  Tensor idx = fixture_tensor(fx["idx"], true), targets = fixture_tensor(fx["targets"], true);
+  Tensor logits = net(idx);
+  EXPECT_TRUE(all_close(logits, fixture_tensor(fx["logits"]), 1e-12, 1e-10));
+  Tensor loss = lm_loss(logits, targets);
+  EXPECT_NEAR(loss.item(), fx["loss"].get<double>(), 1e-12);
+  loss.backward();
+  for (auto& [name, p] : net.named_parameters()) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    // The tied embedding's gradient sums its use as lookup table and as output head.
+    EXPECT_TRUE(all_close(p.grad(), fixture_tensor(fx["grads"][name]), 1e-12, 1e-9)) << name;
+  }
+}
+
+TEST(GPT, Gpt2SmallHasTheParametersOfPyTorchsModel) {
+  auto fx = load_fixture("gpt.json");
+  models::GPT gpt2(models::GPTOptions::gpt2_small());
+  EXPECT_EQ(gpt2.num_parameters(), 124439808);
+  EXPECT_EQ(gpt2.num_parameters(), fx["gpt2_small_num_parameters"].get<int64_t>());
+}
+
+TEST(GPT, InitialisationFollowsNanoGPT) {
+  models::GPT net({.vocab_size = 512, .block_size = 64, .n_layer = 4, .n_head = 4, .n_embd = 64});
+  const double residual = 0.02 / std::sqrt(8.0);
+  for (auto& [name, p] : net.named_parameters()) {
+    auto v = p.to_vector<double>();
+    double sq = 0.0, s = 0.0;
+    for (double x : v) sq += x * x, s += x;
+    const double rms = std::sqrt(sq / static_cast<double>(v.size())), mean = s / static_cast<double>(v.size());
+    if (name.find(".ln_") != std::string::npos) {
+      EXPECT_EQ(rms, name.ends_with(".weight") ? 1.0 : 0.0) << name;  // LayerNorm: ones and zeros
+    } else if (p.dim() == 1) {
+      EXPECT_EQ(rms, 0.0) << name;  // biases
+    } else {
+      // The smallest weight has 4096 elements: sample std within 10%.
+      const double want = name.ends_with(".c_proj.weight") ? residual : 0.02;
+      EXPECT_NEAR(rms, want, 0.1 * want) << name;
+      EXPECT_NEAR(mean, 0.0, 0.1 * want) << name;
+    }
+  }
+}
+
+TEST(GPT, LaterTokensDoNotChangeEarlierLogits) {
+  models::GPT net(tiny_gpt());
+  net.eval();
+  Tensor a = Tensor::from_vector(std::vector<int64_t>{1, 5, 7, 2, 9, 3}, {1, 6});
+  Tensor b = Tensor::from_vector(std::vector<int64_t>{1, 5, 7, 11, 0, 12}, {1, 6});
+  Tensor la = net(a), lb = net(b);
+  EXPECT_TRUE(all_close(narrow(la, 1, 0, 3), narrow(lb, 1, 0, 3), 0.0, 0.0));  // positions 0..2 see the same prefix
+  EXPECT_FALSE(all_close(narrow(la, 1, 3, 1), narrow(lb, 1, 3, 1), 1e-6, 0.0));
+  // A shorter sequence is the prefix of a longer one.
+  EXPECT_TRUE(all_close(net(narrow(a, 1, 0, 4)), narrow(la, 1, 0, 4), 1e-6, 1e-5));
+}
+
+TEST(GPT, AdamWStepsLearnARepeatingSequence) {
+  manual_seed(11);
+  models::GPT net({.vocab_size = 16, .block_size = 16, .n_layer = 2, .n_head = 2, .n_embd = 32});
+  std::vector<int64_t> seq(4 * 17);
+  for (size_t i = 0; i < seq.size(); ++i) seq[i] = static_cast<int64_t>((i * 5 + i / 17) % 16);
+  Tensor tokens = Tensor::from_vector(seq, {4, 17});
+  Tensor input = narrow(tokens, 1, 0, 16), targets = narrow(tokens, 1, 1, 16);
+  optim::AdamW opt(net.parameters(), {.lr = 3e-3});
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; ++step) {
+    opt.zero_grad();
+    Tensor loss = lm_loss(net(input), targets);
+    loss.backward();
+    opt.step();
+    if (step == 0) first = loss.item();
+    last = loss.item();
+  }
+  EXPECT_NEAR(first, std::log(16.0), 0.2);  // near-uniform predictions at the 0.02 init
+  EXPECT_LT(last, 0.25 * first) << "first " << first << " last " << last;
+}
+
+TEST(GPT, CheckpointedBlocksGiveTheSameGradients) {
+  models::GPT plain(tiny_gpt()), ckpt(tiny_gpt());
+  ckpt.load_state_dict(plain.state_dict());
+  ckpt.blocks()->set_checkpoint_segments(2);
+  Tensor idx = random_indices({3, 7}, 13, 20), targets = random_indices({3, 7}, 13, 21);
+  lm_loss(plain(idx), targets).backward();
+  lm_loss(ckpt(idx), targets).backward();
+  auto a = plain.named_parameters(), b = ckpt.named_parameters();
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(all_close(b[i].second.grad(), a[i].second.grad(), 0.0, 0.0)) << a[i].first;
+}
+
+TEST(GPT, CloneAndStateDictRoundTrip) {
+  models::GPT a(tiny_gpt(0.1));
+  randomise(a, 300);
+  auto b = std::dynamic_pointer_cast<models::GPT>(a.clone());
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->options().dropout, 0.1);
+  a.eval();
+  b->eval();
+  Tensor idx = random_indices({2, 5}, 13, 22);
+  EXPECT_TRUE(all_close((*b)(idx), a(idx), 0.0, 0.0));
+  models::GPT c(tiny_gpt());
+  c.load_state_dict(a.state_dict());
+  c.eval();
+  EXPECT_TRUE(all_close(c(idx), a(idx), 0.0, 0.0));
+}
+
+TEST(GPT, DropoutOnlyWhileTraining) {
+  models::GPT net(tiny_gpt(0.5));
+  Tensor idx = random_indices({2, 8}, 13, 23);
+  net.eval();
+  EXPECT_TRUE(all_close(net(idx), net(idx), 0.0, 0.0));
+  net.train();
+  EXPECT_FALSE(all_close(net(idx), net(idx), 1e-6, 0.0));
+}
+
+TEST(GPT, BadOptionsAndInputs) {
+  expect_invalid([] { models::GPT({.n_head = 5}); }, {"[GPT]", "multiple of n_head", "5 and n_embd 768"});
+  expect_invalid([] { models::GPT({.vocab_size = 0}); }, {"[GPT]", "got 0"});
+  expect_invalid([] { models::GPT(tiny_gpt(1.0)); }, {"[GPT]", "dropout in [0, 1)", "got 1"});
+  models::GPT net(tiny_gpt());
+  expect_invalid([&] { net(random_indices({2, 9}, 13, 24)); }, {"[GPT]", "T <= block_size 8", "[2, 9]"});
+  expect_invalid([&] { net(random_tensor({2, 4}, 25, DType::kF32)); }, {"[GPT]", "int64 token ids", "float32 [2, 4]"});
+  expect_invalid([&] { net(random_indices({8}, 13, 26)); }, {"[GPT]", "(B, T)", "int64 [8]"});
+  expect_invalid([] { CausalSelfAttention(10, 3); }, {"[CausalSelfAttention]", "divisible", "10 and 3"});
+  CausalSelfAttention attn(8, 2);
+  expect_invalid([&] { attn(random_tensor({2, 3, 6}, 27, DType::kF32)); },
+                 {"[CausalSelfAttention]", "(B, T, 8)", "[2, 3, 6]"});
 }

@@ -1,0 +1,113 @@
+// GPT: construction, nanoGPT's initialisation and the forward passes.
+#include "layers/models/gpt.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/factory.h"
+#include "engine/ops/linalg.h"
+#include "engine/ops/shape.h"
+#include "layers/attention.h"
+#include "layers/dropout.h"
+#include "layers/embedding.h"
+#include "layers/linear.h"
+#include "layers/norm.h"
+
+namespace tandem::nn {
+
+FeedForward::FeedForward(int64_t embed_dim, double dropout) : dropout_(dropout) {
+  if (embed_dim < 1) throw std::invalid_argument("[FeedForward] expected embed_dim >= 1, got " + std::to_string(embed_dim));
+  c_fc_ = register_module("c_fc", std::make_shared<Linear>(embed_dim, 4 * embed_dim));
+  c_proj_ = register_module("c_proj", std::make_shared<Linear>(4 * embed_dim, embed_dim));
+  dropout_layer_ = register_module("dropout", std::make_shared<Dropout>(dropout));
+}
+
+Tensor FeedForward::forward(const Tensor& input) {
+  return dropout_layer_->forward(c_proj_->forward(gelu(c_fc_->forward(input))));
+}
+
+std::shared_ptr<Module> FeedForward::clone() const {
+  return clone_via([this] { return std::make_shared<FeedForward>(c_fc_->in_features(), dropout_); });
+}
+
+TransformerBlock::TransformerBlock(int64_t embed_dim, int64_t num_heads, double dropout) : dropout_(dropout) {
+  ln_1_ = register_module("ln_1", std::make_shared<LayerNorm>(Shape{embed_dim}));
+  attn_ = register_module("attn", std::make_shared<CausalSelfAttention>(embed_dim, num_heads, dropout));
+  ln_2_ = register_module("ln_2", std::make_shared<LayerNorm>(Shape{embed_dim}));
+  mlp_ = register_module("mlp", std::make_shared<FeedForward>(embed_dim, dropout));
+}
+
+Tensor TransformerBlock::forward(const Tensor& input) {
+  Tensor x = add(input, attn_->forward(ln_1_->forward(input)));
+  return add(x, mlp_->forward(ln_2_->forward(x)));
+}
+
+std::shared_ptr<Module> TransformerBlock::clone() const {
+  return clone_via([this] { return std::make_shared<TransformerBlock>(attn_->embed_dim(), attn_->num_heads(), dropout_); });
+}
+
+namespace models {
+
+GPT::GPT(const GPTOptions& options) : options_(options) {
+  const GPTOptions& o = options;
+  if (o.vocab_size < 1 || o.block_size < 1 || o.n_layer < 1 || o.n_head < 1 || o.n_embd < 1 ||
+      o.n_embd % o.n_head != 0)
+    throw std::invalid_argument(
+        "[GPT] expected vocab_size, block_size, n_layer, n_head >= 1 and n_embd a positive multiple of n_head, got " +
+        std::to_string(o.vocab_size) + ", " + std::to_string(o.block_size) + ", " + std::to_string(o.n_layer) +
+        ", " + std::to_string(o.n_head) + " and n_embd " + std::to_string(o.n_embd));
+  if (!(o.dropout >= 0.0 && o.dropout < 1.0))
+    throw std::invalid_argument("[GPT] expected dropout in [0, 1), got " + std::to_string(o.dropout));
+
+  auto transformer = register_module("transformer", std::make_shared<ModuleDict>());
+  wte_ = std::make_shared<Embedding>(o.vocab_size, o.n_embd);
+  wpe_ = std::make_shared<Embedding>(o.block_size, o.n_embd);
+  drop_ = std::make_shared<Dropout>(o.dropout);
+  h_ = std::make_shared<Sequential>();
+  for (int64_t i = 0; i < o.n_layer; ++i) h_->push_back(std::make_shared<TransformerBlock>(o.n_embd, o.n_head, o.dropout));
+  ln_f_ = std::make_shared<LayerNorm>(Shape{o.n_embd});
+  transformer->insert("wte", wte_);
+  transformer->insert("wpe", wpe_);
+  transformer->insert("drop", drop_);
+  transformer->insert("h", h_);
+  transformer->insert("ln_f", ln_f_);
+
+  // nanoGPT's _init_weights, then the scaled residual projections (GPT-2 paper §2.3).
+  autograd::NoGradGuard no_grad;
+  const double residual_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layer));
+  for (auto& [name, p] : named_parameters()) {
+    const bool is_norm = name.find(".ln_") != std::string::npos;
+    if (is_norm) continue;  // LayerNorm keeps ones and zeros
+    if (p.dim() == 1) {
+      p.zero_();
+    } else {
+      const bool residual_end = name.size() > 14 && name.compare(name.size() - 14, 14, ".c_proj.weight") == 0;
+      normal_(p, 0.0, residual_end ? residual_std : 0.02);
+    }
+  }
+}
+
+Tensor GPT::forward(const Tensor& input) {
+  if (!input.defined() || input.dtype() != DType::kI64 || input.dim() != 2)
+    throw std::invalid_argument("[GPT] expected int64 token ids of shape (B, T), got " +
+                                (input.defined() ? std::string(dtype_name(input.dtype())) + " " + shape_str(input.shape())
+                                                 : std::string("undefined")));
+  const int64_t t = input.size(1);
+  if (t < 1 || t > options_.block_size)
+    throw std::invalid_argument("[GPT] expected 1 <= T <= block_size " + std::to_string(options_.block_size) +
+                                ", got input " + shape_str(input.shape()));
+  // Positions 0..T-1 are the first T rows of wpe: a view, broadcast over the batch.
+  Tensor x = drop_->forward(add(wte_->forward(input), narrow(wpe_->weight(), 0, 0, t)));
+  x = ln_f_->forward(h_->forward(x));
+  return linear(x, wte_->weight());  // tied head: logits = x·wteᵀ
+}
+
+std::shared_ptr<Module> GPT::clone() const {
+  return clone_via([this] { return std::make_shared<GPT>(options_); });
+}
+
+}  // namespace models
+}  // namespace tandem::nn

@@ -1,0 +1,101 @@
+// GPT-2-style decoder (Radford et al. 2019; the layout of Karpathy's nanoGPT): token
+// and learned position embeddings, pre-norm transformer blocks (causal self-attention
+// and a 4x GELU feed-forward, each on a residual branch), a final LayerNorm and a
+// language-model head tied to the token embedding.
+#pragma once
+
+#include <memory>
+
+#include "layers/module.h"
+#include "layers/sequential.h"
+
+namespace tandem::nn {
+
+class CausalSelfAttention;
+class Dropout;
+class Embedding;
+class LayerNorm;
+class Linear;
+
+/// c_fc (C -> 4C), GELU (erf form, as torch.nn.GELU()), c_proj (4C -> C), dropout.
+class FeedForward : public Module {
+ public:
+  explicit FeedForward(int64_t embed_dim, double dropout = 0.0);
+  /// (..., C) -> (..., C).
+  Tensor forward(const Tensor& input) override;
+  std::string name() const override { return "FeedForward"; }
+  std::shared_ptr<Module> clone() const override;
+  const std::shared_ptr<Linear>& c_fc() const { return c_fc_; }
+  const std::shared_ptr<Linear>& c_proj() const { return c_proj_; }
+
+ private:
+  double dropout_;
+  std::shared_ptr<Linear> c_fc_;
+  std::shared_ptr<Linear> c_proj_;
+  std::shared_ptr<Dropout> dropout_layer_;
+};
+
+/// Pre-norm block: x + attn(ln_1(x)), then + mlp(ln_2(x)).
+class TransformerBlock : public Module {
+ public:
+  TransformerBlock(int64_t embed_dim, int64_t num_heads, double dropout = 0.0);
+  /// (B, T, C) -> (B, T, C).
+  Tensor forward(const Tensor& input) override;
+  std::string name() const override { return "TransformerBlock"; }
+  std::shared_ptr<Module> clone() const override;
+  const std::shared_ptr<CausalSelfAttention>& attn() const { return attn_; }
+  const std::shared_ptr<FeedForward>& mlp() const { return mlp_; }
+
+ private:
+  double dropout_;
+  std::shared_ptr<LayerNorm> ln_1_;
+  std::shared_ptr<CausalSelfAttention> attn_;
+  std::shared_ptr<LayerNorm> ln_2_;
+  std::shared_ptr<FeedForward> mlp_;
+};
+
+namespace models {
+
+struct GPTOptions {
+  int64_t vocab_size = 50257;
+  /// Longest sequence (rows of the position embedding).
+  int64_t block_size = 1024;
+  int64_t n_layer = 12;
+  int64_t n_head = 12;
+  int64_t n_embd = 768;
+  /// After the embeddings and on each residual branch; in [0, 1).
+  double dropout = 0.0;
+
+  /// GPT-2 small: the defaults above, 124,439,808 parameters.
+  static GPTOptions gpt2_small() { return {}; }
+};
+
+/// Parameter names are nanoGPT's (transformer.wte, transformer.wpe, transformer.h.0.ln_1,
+/// transformer.h.0.attn.c_attn, ..., transformer.ln_f); the head reuses
+/// transformer.wte.weight, so there is no lm_head.weight of its own (as in PyTorch's
+/// named_parameters() of the tied model). Initialisation as nanoGPT: N(0, 0.02) for
+/// linear and embedding weights, zero biases, N(0, 0.02/sqrt(2·n_layer)) for the two
+/// projections that end a residual branch.
+class GPT : public Module {
+ public:
+  explicit GPT(const GPTOptions& options = {});
+  /// int64 token ids (B, T), T <= block_size -> logits (B, T, vocab_size).
+  Tensor forward(const Tensor& input) override;
+  std::string name() const override { return "GPT"; }
+  std::shared_ptr<Module> clone() const override;
+  const GPTOptions& options() const { return options_; }
+
+  /// The blocks, a Sequential: set_checkpoint_segments() on it recomputes them in backward.
+  const std::shared_ptr<Sequential>& blocks() const { return h_; }
+
+ private:
+  GPTOptions options_;
+  std::shared_ptr<Embedding> wte_;
+  std::shared_ptr<Embedding> wpe_;
+  std::shared_ptr<Dropout> drop_;
+  std::shared_ptr<Sequential> h_;
+  std::shared_ptr<LayerNorm> ln_f_;
+};
+
+}  // namespace models
+}  // namespace tandem::nn
