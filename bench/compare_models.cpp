@@ -1,8 +1,9 @@
 // tandem-compare: the Tandem side of bench/compare_pytorch. Trains the MLP or the CNN
-// (Fashion-MNIST) or ResNet-18 (synthetic 3x32x32) with SGD through the public API, in
-// f32 or mixed precision (--precision) and optionally with activation checkpointing, and
-// prints one JSON line: samples/s, test accuracy, peak memory, and with --breakdown where
-// the time went.
+// (Fashion-MNIST) or ResNet-18 (synthetic 3x32x32) with SGD, or a GPT (GPT-2 small, or
+// nanoGPT's 6-layer character-level size; random tokens) with AdamW, through the public
+// API, in f32 or mixed precision (--precision) and optionally with activation
+// checkpointing, and prints one JSON line: samples/s, test accuracy, peak memory, and
+// with --breakdown where the time went.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -13,10 +14,12 @@
 #include <optional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "data/dataloader.h"
+#include "data/dataset.h"
 #include "data/fashion_mnist.h"
 #include "data/synthetic.h"
 #include "engine/autocast.h"
@@ -25,13 +28,16 @@
 #include "engine/ops/elementwise.h"
 #include "engine/ops/nn.h"
 #include "engine/ops/reduce.h"
+#include "engine/ops/shape.h"
 #include "engine/random.h"
 #include "engine/storage.h"
 #include "layers/checkpoint.h"
 #include "layers/models/cnn.h"
+#include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
 #include "layers/sequential.h"
+#include "optim/adam.h"
 #include "optim/grad_scaler.h"
 #include "optim/sgd.h"
 
@@ -41,6 +47,38 @@ using namespace tandem;
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// The GPT sizes: GPT-2 small, and nanoGPT's shakespeare_char model (6 layers, 6 heads,
+// 384 wide, 256 positions, 65 symbols) for machines where GPT-2 is too slow.
+nn::models::GPTOptions gpt_options(const std::string& model_name) {
+  if (model_name == "gpt2") return nn::models::GPTOptions::gpt2_small();
+  return {.vocab_size = 65, .block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384};
+}
+
+// n sequences of block_size + 1 uniform random tokens: inputs the first block_size,
+// targets the last block_size (next-token prediction).
+std::shared_ptr<data::TensorDataset> random_token_dataset(int64_t n, const nn::models::GPTOptions& o, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> token(0, o.vocab_size - 1);
+  std::vector<int64_t> inputs(static_cast<size_t>(n * o.block_size)), targets(inputs.size());
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t next = token(rng);
+    for (int64_t t = 0; t < o.block_size; ++t) {
+      const size_t k = static_cast<size_t>(i * o.block_size + t);
+      inputs[k] = next;
+      targets[k] = next = token(rng);
+    }
+  }
+  return std::make_shared<data::TensorDataset>(Tensor::from_vector(inputs, {n, o.block_size}),
+                                               Tensor::from_vector(targets, {n, o.block_size}));
+}
+
+// Cross-entropy of classifier logits (N, C), or the mean over every position of a
+// language model's logits (N, T, V).
+Tensor loss_of(const Tensor& logits, const Tensor& target) {
+  if (logits.dim() == 3) return cross_entropy(reshape(logits, {-1, logits.size(2)}), reshape(target, {-1}));
+  return cross_entropy(logits, target);
+}
 
 // Waits for queued device work, so a wall-clock interval covers all of it.
 void synchronize(Device device) {
@@ -111,7 +149,7 @@ void reset_peak_memory(Device device) {
 // gradient on. Only the first child skips its input gradient, exactly as in a normal
 // step, so the arithmetic is the same; the extra work is one detach per child. Forward
 // and loss run under `autocast` and the loss is scaled by `scaler`, as in a normal step.
-Tensor sequential_step_by_layer(nn::Sequential& model, const data::Batch& batch, optim::SGD& optimizer,
+Tensor sequential_step_by_layer(nn::Sequential& model, const data::Batch& batch, optim::Optimizer& optimizer,
                                 optim::GradScaler& scaler, std::optional<DType> autocast, PhaseTimer& timer,
                                 std::vector<double>& forward_ms, std::vector<double>& backward_ms, Device device) {
   AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
@@ -170,17 +208,19 @@ int main(int argc, char** argv) {
   std::string precision = "fp32";
   bool grad_checkpoint = false;
   bool tf32 = false;
-  app.add_option("--model", model_name, "mlp, cnn (Fashion-MNIST) or resnet18 (3x32x32 synthetic images)")
+  app.add_option("--model", model_name,
+                 "mlp, cnn (Fashion-MNIST), resnet18 (3x32x32 synthetic images), gpt2 (GPT-2 small, 1024 "
+                 "positions) or gpt-mini (6 layers, 384 wide, 256 positions); the GPTs on random tokens")
       ->capture_default_str()
-      ->check(CLI::IsMember({"mlp", "cnn", "resnet18"}));
+      ->check(CLI::IsMember({"mlp", "cnn", "resnet18", "gpt2", "gpt-mini"}));
   app.add_option("--device", device_text, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--epochs", epochs, "training epochs (mlp, cnn)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--data", data_dir, "directory of the Fashion-MNIST IDX files")->capture_default_str();
-  app.add_option("--batch-size", batch_size, "samples per batch (0: 128 for mlp and cnn, 32 for resnet18)")
+  app.add_option("--batch-size", batch_size, "samples per batch (0: 128 for mlp and cnn, 32 for resnet18, 8 for the GPTs)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--steps", steps, "timed steps of resnet18")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--warmup-steps", warmup_steps, "untimed steps before timing (-1: 3 for resnet18, 0 otherwise)")
+  app.add_option("--steps", steps, "timed steps of resnet18 and the GPTs")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--warmup-steps", warmup_steps, "untimed steps before timing (-1: 0 for mlp and cnn, 3 otherwise)")
       ->capture_default_str()
       ->check(CLI::Range(-1, 1000000));
   app.add_option("--seed", seed, "seed of initialisation, shuffling and synthetic data")->capture_default_str();
@@ -202,7 +242,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_flag("--grad-checkpoint", grad_checkpoint,
                "activation checkpointing: mlp, cnn in round(sqrt(layers)) segments; resnet18 one segment per "
-               "block of each stage (the last segment of each Sequential is not recomputed)");
+               "block of each stage, the GPTs one per transformer block (the last segment of each Sequential "
+               "is not recomputed)");
   app.add_flag("--tf32", tf32,
                "f32 matrix products and convolutions on TF32 tensor cores (cuda::set_allow_tf32; as PyTorch's "
                "allow_tf32 flags; no effect on the CPU)");
@@ -211,8 +252,9 @@ int main(int argc, char** argv) {
   try {
     const Device device = Device::parse(device_text);
     cuda::set_allow_tf32(tf32);
-    const bool fashion = model_name != "resnet18";
-    if (batch_size == 0) batch_size = fashion ? 128 : 32;
+    const bool fashion = model_name == "mlp" || model_name == "cnn";
+    const bool gpt = model_name == "gpt2" || model_name == "gpt-mini";
+    if (batch_size == 0) batch_size = fashion ? 128 : gpt ? 8 : 32;
     if (warmup_steps < 0) warmup_steps = fashion ? 0 : 3;
     if (!fashion) epochs = 1;
     manual_seed(seed);
@@ -223,8 +265,10 @@ int main(int argc, char** argv) {
     if (fashion) {
       train_set = std::make_shared<data::FashionMNIST>(data_dir, data::Split::kTrain);
       test_set = std::make_shared<data::FashionMNIST>(data_dir, data::Split::kTest);
-    } else {
+    } else if (gpt) {
       // Exactly the batches needed: the warm-up ones, then the timed ones.
+      train_set = random_token_dataset((warmup_steps + steps) * batch_size, gpt_options(model_name), seed);
+    } else {
       train_set = std::make_shared<data::SyntheticImages>((warmup_steps + steps) * batch_size, Shape{3, 32, 32}, 10,
                                                           seed);
     }
@@ -235,6 +279,8 @@ int main(int argc, char** argv) {
       model = std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {256}, .out = 10});
     } else if (model_name == "cnn") {
       model = std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28});
+    } else if (gpt) {
+      model = std::make_shared<nn::models::GPT>(gpt_options(model_name));
     } else {
       model = std::make_shared<nn::models::ResNet18>(nn::models::ResNetOptions{.in_channels = 3, .num_classes = 10});
     }
@@ -255,7 +301,16 @@ int main(int argc, char** argv) {
     if (precision == "fp16") autocast = DType::kF16;
     // Disabled for fp32 and bf16: scale() returns the loss and step() just steps.
     optim::GradScaler scaler({.enabled = precision == "fp16"});
-    optim::SGD optimizer(model->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4});
+    // SGD for the classifiers; AdamW (nanoGPT's lr 6e-4, betas (0.9, 0.95), weight decay 0.1) for the GPTs.
+    std::unique_ptr<optim::Optimizer> optimizer_owner;
+    if (gpt) {
+      optimizer_owner = std::make_unique<optim::AdamW>(
+          model->parameters(), optim::AdamWOptions{.lr = 6e-4, .betas = {0.9, 0.95}, .weight_decay = 0.1});
+    } else {
+      optimizer_owner = std::make_unique<optim::SGD>(model->parameters(),
+                                                     optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4});
+    }
+    optim::Optimizer& optimizer = *optimizer_owner;
     data::DataLoader loader(
         train_set,
         {.batch_size = batch_size, .shuffle = true, .seed = seed, .prefetch_depth = prefetch_depth, .device = device});
@@ -293,7 +348,7 @@ int main(int argc, char** argv) {
             AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
             Tensor logits = (*model)(batch.input);
             if (time_phases) timer.lap("forward");
-            loss = cross_entropy(logits, batch.target);
+            loss = loss_of(logits, batch.target);
             if (time_phases) timer.lap("loss");
           }
           optimizer.zero_grad();
@@ -348,6 +403,10 @@ int main(int argc, char** argv) {
                                            : "host_memory_stats peak_allocated_bytes (Tandem host allocator)"},
         {"omp_num_threads", std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default"},
     };
+    if (gpt) {
+      result["sequence_length"] = gpt_options(model_name).block_size;
+      result["tokens_per_s"] = static_cast<double>(samples * gpt_options(model_name).block_size) / train_s;
+    }
     if (breakdown != "none") {
       nlohmann::json phases = timer.totals();
       if (breakdown == "layers") {
