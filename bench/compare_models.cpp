@@ -10,14 +10,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "bench/bench_models.h"
 #include "data/dataloader.h"
 #include "data/dataset.h"
 #include "data/fashion_mnist.h"
@@ -32,10 +33,6 @@
 #include "engine/random.h"
 #include "engine/storage.h"
 #include "layers/checkpoint.h"
-#include "layers/models/cnn.h"
-#include "layers/models/gpt.h"
-#include "layers/models/mlp.h"
-#include "layers/models/resnet.h"
 #include "layers/sequential.h"
 #include "optim/adam.h"
 #include "optim/grad_scaler.h"
@@ -47,38 +44,6 @@ using namespace tandem;
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-// The GPT sizes: GPT-2 small, and nanoGPT's shakespeare_char model (6 layers, 6 heads,
-// 384 wide, 256 positions, 65 symbols) for machines where GPT-2 is too slow.
-nn::models::GPTOptions gpt_options(const std::string& model_name) {
-  if (model_name == "gpt2") return nn::models::GPTOptions::gpt2_small();
-  return {.vocab_size = 65, .block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384};
-}
-
-// n sequences of block_size + 1 uniform random tokens: inputs the first block_size,
-// targets the last block_size (next-token prediction).
-std::shared_ptr<data::TensorDataset> random_token_dataset(int64_t n, const nn::models::GPTOptions& o, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int64_t> token(0, o.vocab_size - 1);
-  std::vector<int64_t> inputs(static_cast<size_t>(n * o.block_size)), targets(inputs.size());
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t next = token(rng);
-    for (int64_t t = 0; t < o.block_size; ++t) {
-      const size_t k = static_cast<size_t>(i * o.block_size + t);
-      inputs[k] = next;
-      targets[k] = next = token(rng);
-    }
-  }
-  return std::make_shared<data::TensorDataset>(Tensor::from_vector(inputs, {n, o.block_size}),
-                                               Tensor::from_vector(targets, {n, o.block_size}));
-}
-
-// Cross-entropy of classifier logits (N, C), or the mean over every position of a
-// language model's logits (N, T, V).
-Tensor loss_of(const Tensor& logits, const Tensor& target) {
-  if (logits.dim() == 3) return cross_entropy(reshape(logits, {-1, logits.size(2)}), reshape(target, {-1}));
-  return cross_entropy(logits, target);
-}
 
 // Waits for queued device work, so a wall-clock interval covers all of it.
 void synchronize(Device device) {
@@ -212,7 +177,7 @@ int main(int argc, char** argv) {
                  "mlp, cnn (Fashion-MNIST), resnet18 (3x32x32 synthetic images), gpt2 (GPT-2 small, 1024 "
                  "positions) or gpt-mini (6 layers, 384 wide, 256 positions); the GPTs on random tokens")
       ->capture_default_str()
-      ->check(CLI::IsMember({"mlp", "cnn", "resnet18", "gpt2", "gpt-mini"}));
+      ->check(CLI::IsMember(std::vector<std::string>(std::begin(bench::kBenchModels), std::end(bench::kBenchModels))));
   app.add_option("--device", device_text, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--epochs", epochs, "training epochs (mlp, cnn)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--data", data_dir, "directory of the Fashion-MNIST IDX files")->capture_default_str();
@@ -253,7 +218,7 @@ int main(int argc, char** argv) {
     const Device device = Device::parse(device_text);
     cuda::set_allow_tf32(tf32);
     const bool fashion = model_name == "mlp" || model_name == "cnn";
-    const bool gpt = model_name == "gpt2" || model_name == "gpt-mini";
+    const bool gpt = bench::is_gpt(model_name);
     if (batch_size == 0) batch_size = fashion ? 128 : gpt ? 8 : 32;
     if (warmup_steps < 0) warmup_steps = fashion ? 0 : 3;
     if (!fashion) epochs = 1;
@@ -267,23 +232,16 @@ int main(int argc, char** argv) {
       test_set = std::make_shared<data::FashionMNIST>(data_dir, data::Split::kTest);
     } else if (gpt) {
       // Exactly the batches needed: the warm-up ones, then the timed ones.
-      train_set = random_token_dataset((warmup_steps + steps) * batch_size, gpt_options(model_name), seed);
+      auto [inputs, targets] = bench::random_token_sequences((warmup_steps + steps) * batch_size,
+                                                             bench::gpt_options(model_name), seed);
+      train_set = std::make_shared<data::TensorDataset>(inputs, targets);
     } else {
       train_set = std::make_shared<data::SyntheticImages>((warmup_steps + steps) * batch_size, Shape{3, 32, 32}, 10,
                                                           seed);
     }
     const double load_s = seconds_since(load_start);
 
-    std::shared_ptr<nn::Module> model;
-    if (model_name == "mlp") {
-      model = std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {256}, .out = 10});
-    } else if (model_name == "cnn") {
-      model = std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28});
-    } else if (gpt) {
-      model = std::make_shared<nn::models::GPT>(gpt_options(model_name));
-    } else {
-      model = std::make_shared<nn::models::ResNet18>(nn::models::ResNetOptions{.in_channels = 3, .num_classes = 10});
-    }
+    std::shared_ptr<nn::Module> model = bench::make_bench_model(model_name);
     model->to(device);
     auto* sequential = dynamic_cast<nn::Sequential*>(model.get());
     if (breakdown == "layers" && sequential == nullptr) {
@@ -348,7 +306,7 @@ int main(int argc, char** argv) {
             AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
             Tensor logits = (*model)(batch.input);
             if (time_phases) timer.lap("forward");
-            loss = loss_of(logits, batch.target);
+            loss = bench::training_loss(logits, batch.target);
             if (time_phases) timer.lap("loss");
           }
           optimizer.zero_grad();
@@ -404,8 +362,8 @@ int main(int argc, char** argv) {
         {"omp_num_threads", std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default"},
     };
     if (gpt) {
-      result["sequence_length"] = gpt_options(model_name).block_size;
-      result["tokens_per_s"] = static_cast<double>(samples * gpt_options(model_name).block_size) / train_s;
+      result["sequence_length"] = bench::gpt_options(model_name).block_size;
+      result["tokens_per_s"] = static_cast<double>(samples * bench::gpt_options(model_name).block_size) / train_s;
     }
     if (breakdown != "none") {
       nlohmann::json phases = timer.totals();

@@ -22,6 +22,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,6 +38,7 @@
 #include <omp.h>
 #endif
 
+#include "bench/bench_models.h"
 #include "bench/emulated_device.h"
 #include "bench/scaling_model.h"
 #include "comm/data_parallel.h"
@@ -51,9 +53,6 @@
 #include "engine/ops/nn.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
-#include "layers/models/cnn.h"
-#include "layers/models/mlp.h"
-#include "layers/models/resnet.h"
 #include "optim/grad_scaler.h"
 #include "optim/sgd.h"
 
@@ -110,24 +109,10 @@ std::string today() {
 
 // ---- models and data ----------------------------------------------------------------
 
-/// Input of one sample: Fashion-MNIST shape for mlp and cnn, CIFAR-10 for resnet18.
-Shape sample_shape(const std::string& model) {
-  return model == "resnet18" ? Shape{3, 32, 32} : Shape{1, 28, 28};
-}
-
-/// A fresh model; the same seed gives the same initial parameters.
+/// A fresh model (bench::make_bench_model); the same seed gives the same initial parameters.
 std::shared_ptr<nn::Module> make_model(const std::string& name, uint64_t seed, Device device) {
   manual_seed(seed);
-  std::shared_ptr<nn::Module> model;
-  if (name == "mlp") {
-    model = std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {256}, .out = 10});
-  } else if (name == "cnn") {
-    model = std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28});
-  } else if (name == "resnet18") {
-    model = std::make_shared<nn::models::ResNet18>(nn::models::ResNetOptions{.in_channels = 3, .num_classes = 10});
-  } else {
-    throw std::invalid_argument(std::string("[") + kProgram + "] expected model mlp, cnn or resnet18, got " + name);
-  }
+  std::shared_ptr<nn::Module> model = bench::make_bench_model(name);
   model->to(device);
   return model;
 }
@@ -140,12 +125,21 @@ struct Batches {
   const Tensor& target(int64_t step) const { return targets[static_cast<size_t>(step) % targets.size()]; }
 };
 
+/// Images (Fashion-MNIST's 1x28x28 for mlp and cnn, CIFAR-10's 3x32x32 for resnet18)
+/// with 10 classes, or token sequences for the GPTs.
 Batches make_batches(const std::string& model, int64_t batch, uint64_t seed, Device device, int count = 4) {
   Batches b;
+  if (bench::is_gpt(model)) {
+    for (int i = 0; i < count; ++i) {
+      auto [x, y] = bench::random_token_sequences(batch, bench::gpt_options(model), seed + static_cast<uint64_t>(i));
+      b.inputs.push_back(x.to(device));
+      b.targets.push_back(y.to(device));
+    }
+    return b;
+  }
   Generator gen(seed);
   std::mt19937_64 labels(seed);
-  Shape shape = {batch};
-  for (int64_t d : sample_shape(model)) shape.push_back(d);
+  Shape shape = model == "resnet18" ? Shape{batch, 3, 32, 32} : Shape{batch, 1, 28, 28};
   for (int i = 0; i < count; ++i) {
     b.inputs.push_back(randn(shape, {}, &gen).to(device));
     std::vector<int64_t> y(static_cast<size_t>(batch));
@@ -224,7 +218,7 @@ StepTimes train_steps(nn::Module& model, optim::Optimizer& optimizer, const Batc
     {
       std::optional<AutocastGuard> amp;
       if (precision.autocast()) amp.emplace(precision.dtype());
-      loss = cross_entropy(model(data.input(k)), data.target(k));
+      loss = bench::training_loss(model(data.input(k)), data.target(k));
     }
     synchronize(device);
     const auto t1 = Clock::now();
@@ -1283,9 +1277,10 @@ int run_scaling(const Common& c, ScalingConfig s) {
 
 /// Options every parent subcommand takes.
 void add_common(CLI::App* sub, Common& c, const std::string& name) {
-  sub->add_option("--model", c.model, "mlp, cnn (1x28x28) or resnet18 (3x32x32); random data")
+  sub->add_option("--model", c.model,
+                  "mlp, cnn (1x28x28), resnet18 (3x32x32), gpt-mini or gpt2 (token sequences); random data")
       ->capture_default_str()
-      ->check(CLI::IsMember({"mlp", "cnn", "resnet18"}));
+      ->check(CLI::IsMember(std::vector<std::string>(std::begin(bench::kBenchModels), std::end(bench::kBenchModels))));
   sub->add_option("--device", c.device, "cpu or cuda (every GPU, round robin)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
