@@ -43,6 +43,7 @@
 #include "data/idx.h"
 #include "data/sampler.h"
 #include "data/synthetic.h"
+#include "data/text.h"
 
 #include "comm/data_parallel.h"
 #include "comm/ddp.h"
@@ -56,6 +57,7 @@
 
 #include "train/checkpoint.h"
 #include "train/gpu_monitor.h"
+#include "train/loss.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/safetensors.h"

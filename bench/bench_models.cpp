@@ -5,8 +5,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "engine/ops/nn.h"
-#include "engine/ops/shape.h"
 #include "layers/models/cnn.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
@@ -43,11 +41,6 @@ std::pair<Tensor, Tensor> random_token_sequences(int64_t n, const nn::models::GP
     }
   }
   return {Tensor::from_vector(inputs, {n, o.block_size}), Tensor::from_vector(targets, {n, o.block_size})};
-}
-
-Tensor training_loss(const Tensor& logits, const Tensor& target) {
-  if (logits.dim() == 3) return cross_entropy(reshape(logits, {-1, logits.size(2)}), reshape(target, {-1}));
-  return cross_entropy(logits, target);
 }
 
 }  // namespace tandem::bench

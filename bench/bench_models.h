@@ -1,5 +1,5 @@
 // The models the training benchmarks share (tandem-compare, tandem-bench): names,
-// construction, random token data for the GPTs, and the training loss of either kind.
+// construction and random token data for the GPTs (their loss: train::prediction_loss).
 #pragma once
 
 #include <cstdint>
@@ -30,9 +30,5 @@ std::shared_ptr<nn::Module> make_bench_model(const std::string& model);
 /// first block_size tokens, the targets the last block_size (next-token prediction);
 /// both int64 (n, block_size) on the CPU.
 std::pair<Tensor, Tensor> random_token_sequences(int64_t n, const nn::models::GPTOptions& options, uint64_t seed);
-
-/// Cross-entropy of classifier logits (N, C), or the mean over every position of a
-/// language model's logits (N, T, V) against targets (N, T).
-Tensor training_loss(const Tensor& logits, const Tensor& target);
 
 }  // namespace tandem::bench

@@ -37,6 +37,7 @@
 #include "optim/adam.h"
 #include "optim/grad_scaler.h"
 #include "optim/sgd.h"
+#include "train/loss.h"
 
 namespace {
 
@@ -306,7 +307,7 @@ int main(int argc, char** argv) {
             AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
             Tensor logits = (*model)(batch.input);
             if (time_phases) timer.lap("forward");
-            loss = bench::training_loss(logits, batch.target);
+            loss = train::prediction_loss(logits, batch.target);
             if (time_phases) timer.lap("loss");
           }
           optimizer.zero_grad();

@@ -55,6 +55,7 @@
 #include "engine/tensor.h"
 #include "optim/grad_scaler.h"
 #include "optim/sgd.h"
+#include "train/loss.h"
 
 namespace tandem::bench {
 namespace {
@@ -218,7 +219,7 @@ StepTimes train_steps(nn::Module& model, optim::Optimizer& optimizer, const Batc
     {
       std::optional<AutocastGuard> amp;
       if (precision.autocast()) amp.emplace(precision.dtype());
-      loss = bench::training_loss(model(data.input(k)), data.target(k));
+      loss = train::prediction_loss(model(data.input(k)), data.target(k));
     }
     synchronize(device);
     const auto t1 = Clock::now();

@@ -36,6 +36,11 @@ Batch Dataset::allocate_batch(int64_t batch_size, bool pinned) const {
   return b;
 }
 
+void Dataset::check_batch(size_t n, const Batch& out) const {
+  check_batch_tensor(out.input, "input", n, input_shape(), input_dtype());
+  check_batch_tensor(out.target, "target", n, target_shape(), target_dtype());
+}
+
 Batch Dataset::get_batch(std::span<const int64_t> indices, bool pinned) const {
   Batch b = allocate_batch(static_cast<int64_t>(indices.size()), pinned);
   gather(indices, b);
@@ -60,8 +65,7 @@ Shape TensorDataset::input_shape() const { return Shape(inputs_.shape().begin() 
 Shape TensorDataset::target_shape() const { return Shape(targets_.shape().begin() + 1, targets_.shape().end()); }
 
 void TensorDataset::gather(std::span<const int64_t> indices, Batch& out) const {
-  check_batch_tensor(out.input, "input", indices.size(), input_shape(), input_dtype());
-  check_batch_tensor(out.target, "target", indices.size(), target_shape(), target_dtype());
+  check_batch(indices.size(), out);
   const int64_t n = size();
   const size_t in_row = inputs_.nbytes() / static_cast<size_t>(std::max<int64_t>(n, 1));
   const size_t tg_row = targets_.nbytes() / static_cast<size_t>(std::max<int64_t>(n, 1));

@@ -42,6 +42,11 @@ class Dataset {
   Batch allocate_batch(int64_t batch_size, bool pinned = false) const;
   /// allocate_batch + gather.
   Batch get_batch(std::span<const int64_t> indices, bool pinned = false) const;
+
+ protected:
+  /// For gather(): throws std::invalid_argument unless out.input and out.target are CPU
+  /// tensors that hold `n` samples of this data set's shapes and dtypes.
+  void check_batch(size_t n, const Batch& out) const;
 };
 
 /// Samples held in memory: row i of `inputs` and of `targets` is sample i.

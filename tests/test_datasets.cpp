@@ -1,6 +1,7 @@
-// Tests of the image data sets: the CIFAR-10 binary reader on small synthetic batch
-// files (parsing, per-channel normalisation, every validation error) and
-// SyntheticImages (determinism per index, class structure, DataLoader use, errors).
+// Tests of the data sets: the CIFAR-10 binary reader on small synthetic batch files
+// (parsing, per-channel normalisation, every validation error), SyntheticImages
+// (determinism per index, class structure, DataLoader use, errors) and CharText
+// (vocabulary, split, windows, stride, DataLoader use, errors).
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -9,6 +10,7 @@
 #include "data/cifar10.h"
 #include "data/dataloader.h"
 #include "data/synthetic.h"
+#include "data/text.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -305,4 +307,100 @@ TEST(SyntheticImages, Errors) {
   Batch wrong = ds.allocate_batch(3);
   std::vector<int64_t> two{0, 1};
   tandem::testing::expect_invalid([&] { ds.gather(two, wrong); }, {"batch.input", "[2, 1, 2, 2]", "got cpu float32 [3, 1, 2, 2]"});
+}
+
+// ---- CharText -------------------------------------------------------------------------
+
+namespace {
+
+/// Writes `text` to a file of `dir` and returns its path.
+std::string text_file(const TempDir& dir, const std::string& text, const std::string& name = "text.txt") {
+  const fs::path path = dir.path() / name;
+  write_raw(path, std::vector<unsigned char>(text.begin(), text.end()));
+  return path.string();
+}
+
+}  // namespace
+
+TEST(CharText, VocabularySplitAndShiftedWindows) {
+  TempDir dir;
+  // 40 bytes: "abc" x 12, then "z\nq!", the last 10% and so the test split.
+  std::string text;
+  for (int i = 0; i < 12; ++i) text += "abc";
+  text += "z\nq!";
+  const std::string path = text_file(dir, text);
+  CharText train(path, Split::kTrain, {.block_size = 5});
+  // The vocabulary is the whole file's distinct bytes in increasing order.
+  EXPECT_EQ(train.vocab_size(), 7);  // '\n' '!' 'a' 'b' 'c' 'q' 'z'
+  EXPECT_EQ(train.decode({0, 1, 2, 6}), "\n!az");
+  EXPECT_EQ(train.encode("cab\n"), (std::vector<int64_t>{4, 2, 3, 0}));
+  EXPECT_EQ(static_cast<int64_t>(train.tokens().size()), 36);
+  EXPECT_EQ(train.size(), 7);  // (36 - 1 - 5) / 5 + 1 non-overlapping windows
+  EXPECT_EQ(train.input_shape(), (Shape{5}));
+  EXPECT_EQ(train.target_shape(), (Shape{5}));
+  EXPECT_EQ(train.input_dtype(), DType::kI64);
+
+  // A sample is a window and the same window one token later.
+  std::vector<int64_t> idx{0, 6};
+  Batch b = train.get_batch(idx);
+  EXPECT_EQ(b.input.shape(), (Shape{2, 5}));
+  EXPECT_EQ(train.decode(b.input.narrow(0, 0, 1).to_vector<int64_t>()), "abcab");
+  EXPECT_EQ(train.decode(b.target.narrow(0, 0, 1).to_vector<int64_t>()), "bcabc");
+  EXPECT_EQ(train.decode(b.input.narrow(0, 1, 1).to_vector<int64_t>()), text.substr(30, 5));
+  EXPECT_EQ(train.decode(b.target.narrow(0, 1, 1).to_vector<int64_t>()), text.substr(31, 5));
+
+  CharText test(path, Split::kTest, {.block_size = 3});
+  EXPECT_EQ(test.vocab_size(), 7);
+  EXPECT_EQ(test.decode(test.tokens()), "z\nq!");
+  EXPECT_EQ(test.size(), 1);
+}
+
+TEST(CharText, StrideGivesOverlappingWindows) {
+  TempDir dir;
+  const std::string path = text_file(dir, "0123456789abcdefghijklmnopqrstuvwxyz");  // 36 bytes, 32 train
+  CharText every(path, Split::kTrain, {.block_size = 8, .stride = 1});
+  EXPECT_EQ(every.size(), 32 - 8);
+  std::vector<int64_t> idx{3};
+  EXPECT_EQ(every.decode(every.get_batch(idx).input.to_vector<int64_t>()), "3456789a");
+  CharText halves(path, Split::kTrain, {.block_size = 8, .stride = 4});
+  EXPECT_EQ(halves.size(), (32 - 1 - 8) / 4 + 1);
+}
+
+TEST(CharText, WorksWithTheDataLoader) {
+  TempDir dir;
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "the quick brown fox " + std::to_string(i) + "\n";
+  auto ds = std::make_shared<CharText>(text_file(dir, text), Split::kTrain, CharTextOptions{.block_size = 16});
+  DataLoader loader(ds, {.batch_size = 32, .seed = 2});
+  int64_t rows = 0;
+  for (Batch& b : loader) {
+    EXPECT_EQ(b.input.shape(), (Shape{b.input.size(0), 16}));
+    EXPECT_EQ(b.target.dtype(), DType::kI64);
+    rows += b.input.size(0);
+  }
+  EXPECT_EQ(rows, ds->size());
+}
+
+TEST(CharText, Errors) {
+  TempDir dir;
+  expect_runtime_error([&] { CharText((dir.path() / "absent.txt").string(), Split::kTrain); },
+                       {"[CharText] cannot open", "absent.txt"});
+  const std::string path = text_file(dir, "short text, 24 bytes....");
+  tandem::testing::expect_invalid([&] { CharText(path, Split::kTrain, {.block_size = 64}); },
+                                  {"[CharText]", "training split", "block_size + 1 = 65", "got 21", "24 bytes"});
+  tandem::testing::expect_invalid([&] { CharText(path, Split::kTest, {.block_size = 4}); },
+                                  {"test split", "block_size + 1 = 5", "got 3"});
+  tandem::testing::expect_invalid([&] { CharText(path, Split::kTrain, {.block_size = 0}); }, {"block_size >= 1", "got 0"});
+  tandem::testing::expect_invalid([&] { CharText(path, Split::kTrain, {.block_size = 4, .stride = -1}); },
+                                  {"stride >= 0", "got -1"});
+  tandem::testing::expect_invalid([&] { CharText(path, Split::kTrain, {.block_size = 4, .val_fraction = 1.0}); },
+                                  {"val_fraction in (0, 1)", "got 1"});
+  CharText ds(path, Split::kTrain, {.block_size = 4});
+  tandem::testing::expect_invalid([&] { ds.encode("short~"); }, {"vocabulary", "byte 126", "position 5"});
+  tandem::testing::expect_invalid([&] { ds.decode({0, 99}); }, {"token ids in [0, ", "got 99"});
+  std::vector<int64_t> bad{ds.size()};
+  EXPECT_THROW(ds.get_batch(bad), std::out_of_range);
+  Batch wrong = ds.allocate_batch(3);
+  std::vector<int64_t> two{0, 1};
+  tandem::testing::expect_invalid([&] { ds.gather(two, wrong); }, {"batch.input", "[2, 4]", "got cpu int64 [3, 4]"});
 }

@@ -363,6 +363,56 @@ TEST(GPT, AdamWStepsLearnARepeatingSequence) {
   }
   EXPECT_NEAR(first, std::log(16.0), 0.2);  // near-uniform predictions at the 0.02 init
   EXPECT_LT(last, 0.25 * first) << "first " << first << " last " << last;
+  // Greedy generation continues a training sequence from its first 8 tokens.
+  const std::vector<int64_t> row(seq.begin(), seq.begin() + 17);
+  const std::vector<int64_t> got = net.generate({row.begin(), row.begin() + 8}, {.max_new_tokens = 8, .temperature = 0.0});
+  EXPECT_EQ(got, std::vector<int64_t>(row.begin(), row.begin() + 16));
+}
+
+TEST(GPT, GreedyGenerationIsTheArgmaxOfEachForward) {
+  models::GPT net(tiny_gpt());
+  randomise(net, 400);  // weights far from the 0.02 init, so the argmax is not a tie
+  std::vector<int64_t> want = {3, 1};
+  net.eval();
+  for (int n = 0; n < 4; ++n) {
+    Tensor logits = net(Tensor::from_vector(want, {1, static_cast<int64_t>(want.size())}));
+    want.push_back(argmax(narrow(logits, 1, logits.size(1) - 1, 1), 2).item<int64_t>());
+  }
+  net.train();
+  EXPECT_EQ(net.generate({3, 1}, {.max_new_tokens = 4, .temperature = 0.0}), want);
+  EXPECT_TRUE(net.is_training());  // the mode is restored
+  // top_k = 1 samples only the argmax, whatever the temperature.
+  EXPECT_EQ(net.generate({3, 1}, {.max_new_tokens = 4, .temperature = 2.0, .top_k = 1, .seed = 9}), want);
+}
+
+TEST(GPT, SamplingIsSeededAndStaysInTheVocabulary) {
+  models::GPT net(tiny_gpt());  // block_size 8: 20 new tokens slide the context
+  const PhiloxState before = default_generator(Device::cpu()).state();
+  const auto a = net.generate({0}, {.max_new_tokens = 20, .seed = 1});
+  EXPECT_EQ(default_generator(Device::cpu()).state().offset, before.offset);
+  EXPECT_EQ(a.size(), 21u);
+  EXPECT_EQ(a, net.generate({0}, {.max_new_tokens = 20, .seed = 1}));
+  EXPECT_NE(a, net.generate({0}, {.max_new_tokens = 20, .seed = 2}));  // 13^20 outcomes
+  for (int64_t t : a) EXPECT_TRUE(t >= 0 && t < 13) << t;
+  // top_k = 3: every new token is among the 3 most likely at its step.
+  std::vector<int64_t> seq = net.generate({5, 6}, {.max_new_tokens = 6, .top_k = 3, .seed = 4});
+  autograd::NoGradGuard no_grad;
+  net.eval();
+  for (size_t i = 2; i < seq.size(); ++i) {
+    std::vector<int64_t> ctx(seq.begin(), seq.begin() + static_cast<std::ptrdiff_t>(i));
+    Tensor logits = net(Tensor::from_vector(ctx, {1, static_cast<int64_t>(ctx.size())}));
+    std::vector<float> last = narrow(logits, 1, logits.size(1) - 1, 1).to_vector<float>();
+    const float chosen = last[static_cast<size_t>(seq[i])];
+    EXPECT_LT(std::count_if(last.begin(), last.end(), [&](float v) { return v > chosen; }), 3) << "token " << i;
+  }
+}
+
+TEST(GPT, GenerateErrors) {
+  models::GPT net(tiny_gpt());
+  expect_invalid([&] { net.generate({}); }, {"[GPT::generate]", "at least one token"});
+  expect_invalid([&] { net.generate({1, 13}); }, {"[GPT::generate]", "[0, 13)", "got 13 at position 1"});
+  expect_invalid([&] { net.generate({1}, {.temperature = -1.0}); }, {"temperature >= 0", "-1"});
+  expect_invalid([&] { net.generate({1}, {.top_k = -2}); }, {"top_k >= 0", "-2"});
 }
 
 TEST(GPT, CheckpointedBlocksGiveTheSameGradients) {

@@ -28,6 +28,7 @@
 #include "optim/schedule.h"
 #include "optim/sgd.h"
 #include "train/gpu_monitor.h"
+#include "train/loss.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/state.h"
@@ -386,8 +387,8 @@ EpochMetrics Trainer::validate() {
     AutocastGuard autocast(config_.precision.amp_dtype, config_.precision.use_amp);
     for (data::Batch& b : *m.val_loader) {
       Tensor logits = net.forward(b.input);
-      loss_sum = loss_sum + cross_entropy(logits, b.target, {.reduction = Reduction::kSum}).to(DType::kF64);
-      correct = correct + sum(eq(argmax(logits, 1), b.target));
+      loss_sum = loss_sum + prediction_loss(logits, b.target, Reduction::kSum).to(DType::kF64);
+      correct = correct + correct_predictions(logits, b.target);
       count += b.target.numel();
     }
   }
@@ -464,7 +465,7 @@ const std::vector<EpochMetrics>& Trainer::fit() {
           if (m.ddp && !sync_step) no_sync.emplace(*m.ddp);
           {
             AutocastGuard autocast(cfg.precision.amp_dtype, amp);
-            loss = cross_entropy(m.net->forward(batch.input), batch.target);
+            loss = prediction_loss(m.net->forward(batch.input), batch.target);
           }
           phase_end();
           fwd_ms += ms_since(t);
@@ -502,13 +503,13 @@ const std::vector<EpochMetrics>& Trainer::fit() {
                                  " samples: use a smaller batch, or keep the global batch with gradient accumulation "
                                  "(accumulate > 1), bf16/fp16 precision or activation checkpointing");
       }
-      samples += batch.target.numel();
+      samples += batch.target.size(0);  // sequences, for a sequence model
       if (position % check_every == 0 || last_of_epoch) {
         last_loss = checked_loss(loss, epoch, position);
         loss_sum += last_loss;
         ++loss_count;
       }
-      progress.update(position, last_loss, batch.target.numel() * world_size());
+      progress.update(position, last_loss, batch.target.size(0) * world_size());
       if (sync_step && cfg.logging.log_every_steps > 0 && global_step_ % cfg.logging.log_every_steps == 0) {
         // Every rank takes part (the condition is the same on all): the record holds
         // the epoch-so-far sums and counts of all ranks, not rank 0's alone.

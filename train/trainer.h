@@ -157,14 +157,16 @@ struct TrainerConfig {
   nlohmann::json to_json() const;
 };
 
-/// One epoch's results, over all ranks (sums and counts, not means of means).
+/// One epoch's results, over all ranks (sums and counts, not means of means). For a
+/// sequence model (logits (N, T, V), see train/loss.h) every position is a prediction:
+/// losses and accuracy are per token and val_samples counts tokens.
 struct EpochMetrics {
   int64_t epoch = 0;  // 1-based
   int64_t global_step = 0;
   double train_loss = 0.0;
   double val_loss = 0.0;
   double val_acc = 0.0;
-  int64_t val_samples = 0;
+  int64_t val_samples = 0;  // predictions evaluated: samples, or tokens of a sequence model
   double lr = 0.0;
   double loss_scale = 1.0;
   int64_t skipped_steps = 0;  // optimizer steps the scaler skipped this epoch

@@ -1,7 +1,11 @@
 // GPT: construction, nanoGPT's initialisation and the forward passes.
 #include "layers/models/gpt.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
 #include <stdexcept>
 #include <string>
 
@@ -103,6 +107,54 @@ Tensor GPT::forward(const Tensor& input) {
   Tensor x = drop_->forward(add(wte_->forward(input), narrow(wpe_->weight(), 0, 0, t)));
   x = ln_f_->forward(h_->forward(x));
   return linear(x, wte_->weight());  // tied head: logits = x·wteᵀ
+}
+
+std::vector<int64_t> GPT::generate(const std::vector<int64_t>& prompt, const GenerateOptions& options) {
+  const GPTOptions& o = options_;
+  if (prompt.empty()) throw std::invalid_argument("[GPT::generate] expected a prompt of at least one token, got none");
+  for (size_t i = 0; i < prompt.size(); ++i)
+    if (prompt[i] < 0 || prompt[i] >= o.vocab_size)
+      throw std::invalid_argument("[GPT::generate] expected token ids in [0, " + std::to_string(o.vocab_size) +
+                                  "), got " + std::to_string(prompt[i]) + " at position " + std::to_string(i));
+  if (options.max_new_tokens < 0 || !(options.temperature >= 0.0) || options.top_k < 0)
+    throw std::invalid_argument("[GPT::generate] expected max_new_tokens >= 0, temperature >= 0 and top_k >= 0, got " +
+                                std::to_string(options.max_new_tokens) + ", " + std::to_string(options.temperature) +
+                                " and " + std::to_string(options.top_k));
+
+  autograd::NoGradGuard no_grad;
+  struct RestoreMode {  // the caller's training mode, also when a forward throws
+    GPT& model;
+    bool training;
+    ~RestoreMode() { model.train(training); }
+  } restore{*this, is_training()};
+  eval();
+  const Device device = wte_->weight().device();
+  std::mt19937_64 rng(options.seed);
+  std::vector<int64_t> tokens = prompt;
+  std::vector<double> probs(static_cast<size_t>(o.vocab_size));
+  for (int64_t n = 0; n < options.max_new_tokens; ++n) {
+    const auto t = std::min<int64_t>(static_cast<int64_t>(tokens.size()), o.block_size);
+    const std::vector<int64_t> context(tokens.end() - t, tokens.end());
+    const Tensor logits = forward(Tensor::from_vector(context, {1, t}, device));  // (1, t, V)
+    const std::vector<double> last = logits.narrow(1, t - 1, 1).to(DType::kF64).to_vector<double>();
+    const auto best = static_cast<int64_t>(std::max_element(last.begin(), last.end()) - last.begin());
+    if (options.temperature == 0.0) {
+      tokens.push_back(best);
+      continue;
+    }
+    // Keep the top_k largest logits (ties at the k-th value stay in, as torch.topk's cut).
+    double cut = -std::numeric_limits<double>::infinity();
+    if (options.top_k > 0 && options.top_k < o.vocab_size) {
+      std::vector<double> sorted = last;
+      std::nth_element(sorted.begin(), sorted.begin() + (options.top_k - 1), sorted.end(), std::greater<>());
+      cut = sorted[static_cast<size_t>(options.top_k - 1)];
+    }
+    for (size_t v = 0; v < probs.size(); ++v)
+      probs[v] = last[v] < cut ? 0.0 : std::exp((last[v] - last[static_cast<size_t>(best)]) / options.temperature);
+    std::discrete_distribution<int64_t> pick(probs.begin(), probs.end());
+    tokens.push_back(pick(rng));
+  }
+  return tokens;
 }
 
 std::shared_ptr<Module> GPT::clone() const {

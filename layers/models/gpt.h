@@ -4,7 +4,9 @@
 // language-model head tied to the token embedding.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "layers/module.h"
 #include "layers/sequential.h"
@@ -70,6 +72,17 @@ struct GPTOptions {
   static GPTOptions gpt2_small() { return {}; }
 };
 
+/// How GPT::generate picks each new token.
+struct GenerateOptions {
+  int64_t max_new_tokens = 100;
+  /// Divides the logits before the softmax; 0 takes the most likely token (greedy).
+  double temperature = 1.0;
+  /// Sample among the k most likely tokens only; 0: all of them.
+  int64_t top_k = 0;
+  /// Seeds the sampling (a private generator: the default ones do not move).
+  uint64_t seed = 0;
+};
+
 /// Parameter names are nanoGPT's (transformer.wte, transformer.wpe, transformer.h.0.ln_1,
 /// transformer.h.0.attn.c_attn, ..., transformer.ln_f); the head reuses
 /// transformer.wte.weight, so there is no lm_head.weight of its own (as in PyTorch's
@@ -84,6 +97,13 @@ class GPT : public Module {
   std::string name() const override { return "GPT"; }
   std::shared_ptr<Module> clone() const override;
   const GPTOptions& options() const { return options_; }
+
+  /// Continues `prompt` (token ids, at least one) by max_new_tokens tokens, each drawn
+  /// from the softmax of the last position's logits as `options` says, with the last
+  /// block_size tokens as context (no key/value cache: one full forward per token). Runs
+  /// without gradients in eval mode on the model's device and restores the training
+  /// mode. Returns the prompt followed by the new tokens.
+  std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const GenerateOptions& options = {});
 
   /// The blocks, a Sequential: set_checkpoint_segments() on it recomputes them in backward.
   const std::shared_ptr<Sequential>& blocks() const { return h_; }
