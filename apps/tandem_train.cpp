@@ -1,5 +1,5 @@
 // tandem-train: trains a model (MLP, CNN, ResNet-18) on Fashion-MNIST, CIFAR-10 or
-// synthetic images on one device, several devices of one process (dp) or one process
+// synthetic images, or a GPT on a text file (character level), on one device, several devices of one process (dp) or one process
 // per device (ddp, spawning its own workers or joining a launcher's job), and ends with
 // one JSON line of results from rank 0. Every bad flag or missing file gets a one-line
 // error and a non-zero exit status.
@@ -49,6 +49,12 @@ struct Config {
   std::string data;  // default per data set
   int64_t synthetic_samples = 10000;
   std::string synthetic_shape = "1,28,28";
+  // GPTs on --dataset text: the preset's sizes unless given.
+  std::optional<int64_t> block_size, n_layer, n_head, n_embd;
+  double dropout = 0.0;
+  int64_t sample_tokens = 200;
+  double temperature = 0.8;
+  int64_t top_k = 40;
   std::string metrics;
   int64_t log_every = 100;
   // Multi-device training.
@@ -146,8 +152,31 @@ struct Datasets {
   std::shared_ptr<data::Dataset> train, test;
 };
 
-// The data set's directory; fails naming it when it does not exist.
+bool is_gpt(const Config& cfg) { return cfg.model == "gpt-mini" || cfg.model == "gpt2"; }
+
+// The GPT of --model with --block-size/--n-layer/--n-head/--n-embd/--dropout applied
+// (vocab_size is the data set's).
+nn::models::GPTOptions gpt_options(const Config& cfg) {
+  nn::models::GPTOptions o = cfg.model == "gpt2" ? nn::models::GPTOptions::gpt2_small()
+                                                 : nn::models::GPTOptions{.block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384};
+  o.block_size = cfg.block_size.value_or(o.block_size);
+  o.n_layer = cfg.n_layer.value_or(o.n_layer);
+  o.n_head = cfg.n_head.value_or(o.n_head);
+  o.n_embd = cfg.n_embd.value_or(o.n_embd);
+  o.dropout = cfg.dropout;
+  if (o.n_embd % o.n_head != 0)
+    fail("--n-embd " + std::to_string(o.n_embd) + " must be a multiple of --n-head " + std::to_string(o.n_head));
+  return o;
+}
+
+// The data set's directory (the text file for --dataset text); fails naming it when it
+// does not exist.
 std::string data_dir(const Config& cfg) {
+  if (cfg.dataset == "text") {
+    if (cfg.data.empty()) fail("--dataset text needs --data FILE (a text file; any bytes are characters)");
+    if (!std::filesystem::is_regular_file(cfg.data)) fail("--data " + cfg.data + ": no such file");
+    return cfg.data;
+  }
   std::string dir = cfg.data;
   if (dir.empty()) dir = cfg.dataset == "cifar10" ? data::kCifar10DefaultDir : data::kFashionMnistDefaultDir;
   if (!std::filesystem::is_directory(dir)) {
@@ -169,13 +198,24 @@ Datasets make_datasets(const Config& cfg) {
     return {train, test};
   }
   const std::string dir = data_dir(cfg);
+  if (cfg.dataset == "text") {
+    const data::CharTextOptions o{.block_size = gpt_options(cfg).block_size};
+    return {std::make_shared<data::CharText>(dir, data::Split::kTrain, o),
+            std::make_shared<data::CharText>(dir, data::Split::kTest, o)};
+  }
   if (cfg.dataset == "cifar10")
     return {std::make_shared<data::CIFAR10>(dir, data::Split::kTrain), std::make_shared<data::CIFAR10>(dir, data::Split::kTest)};
   return {std::make_shared<data::FashionMNIST>(dir, data::Split::kTrain),
           std::make_shared<data::FashionMNIST>(dir, data::Split::kTest)};
 }
 
-std::shared_ptr<nn::Module> make_model(const Config& cfg, const Shape& input) {
+std::shared_ptr<nn::Module> make_model(const Config& cfg, const Datasets& sets) {
+  if (is_gpt(cfg)) {
+    nn::models::GPTOptions o = gpt_options(cfg);
+    o.vocab_size = dynamic_cast<const data::CharText&>(*sets.train).vocab_size();
+    return std::make_shared<nn::models::GPT>(o);
+  }
+  const Shape input = sets.train->input_shape();
   const int64_t channels = input[0], size = input[1];
   if (cfg.model == "mlp") return std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = shape_numel(input)});
   if (cfg.model == "cnn") {
@@ -283,6 +323,18 @@ void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::
     throw RunError(e.what(), 3);
   }
   if (trainer.rank() != 0) return;
+  // A language model writes a sample, continuing the test split's first character.
+  std::string sample;
+  if (auto* gpt = dynamic_cast<nn::models::GPT*>(model.get()); gpt != nullptr && cfg.sample_tokens > 0) {
+    const auto& text = dynamic_cast<const data::CharText&>(*sets.test);
+    sample = text.decode(gpt->generate({text.tokens().front()}, {.max_new_tokens = cfg.sample_tokens,
+                                                                 .temperature = cfg.temperature,
+                                                                 .top_k = cfg.top_k,
+                                                                 .seed = cfg.seed}));
+    std::fprintf(stderr, "sample (%lld tokens, temperature %g, top-k %lld):\n%s\n", static_cast<long long>(cfg.sample_tokens),
+                 cfg.temperature, static_cast<long long>(cfg.top_k), sample.c_str());
+    std::fflush(stderr);
+  }
   const auto& history = trainer.history();
   const train::EpochMetrics& last = history.back();
   double seconds = 0, samples = 0;
@@ -315,7 +367,8 @@ void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::
                                       {"skipped_steps", skipped},
                                       {"loss_scale", last.loss_scale},
                                       {"resumed_from", trainer.resumed_from()},
-                                      {"train_samples_per_s", seconds > 0 ? samples / seconds : 0.0}})
+                                      {"train_samples_per_s", seconds > 0 ? samples / seconds : 0.0},
+                                      {"sample", sample}})
                           .c_str());
   std::fflush(stdout);
 }
@@ -438,7 +491,7 @@ void run_local_ranks(const Config& cfg, const Plan& plan, const Datasets& sets) 
   std::vector<std::shared_ptr<nn::Module>> models;
   for (int r = 0; r < plan.devices; ++r) {
     manual_seed(cfg.seed);
-    models.push_back(make_model(cfg, sets.train->input_shape()));
+    models.push_back(make_model(cfg, sets));
   }
   auto groups = comm::make_local_group(plan.devices);
   std::vector<std::thread> threads;
@@ -467,12 +520,16 @@ void run_local_ranks(const Config& cfg, const Plan& plan, const Datasets& sets) 
 int main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"Train a model with Tandem and print one JSON line of results."};
-  app.add_option("--model", cfg.model, "Model")->check(CLI::IsMember({"mlp", "cnn", "resnet18"}))->capture_default_str();
-  app.add_option("--dataset", cfg.dataset, "Data set")
-      ->check(CLI::IsMember({"fashion-mnist", "cifar10", "synthetic"}))
+  app.add_option("--model", cfg.model,
+                 "Model: mlp, cnn, resnet18 (image data sets), or gpt-mini (6 layers, 6 heads, 384 wide, 256 "
+                 "positions) or gpt2 (GPT-2 small) with --dataset text")
+      ->check(CLI::IsMember({"mlp", "cnn", "resnet18", "gpt-mini", "gpt2"}))
+      ->capture_default_str();
+  app.add_option("--dataset", cfg.dataset, "Data set; text: a character-level language model of --data FILE")
+      ->check(CLI::IsMember({"fashion-mnist", "cifar10", "synthetic", "text"}))
       ->capture_default_str();
   app.add_option("--data", cfg.data, "Directory of the data set's files (default: /usr/share/datasets/fashion-mnist "
-                                     "for fashion-mnist, ./cifar-10-batches-bin for cifar10)");
+                                     "for fashion-mnist, ./cifar-10-batches-bin for cifar10); the file for text");
   app.add_option("--epochs", cfg.epochs, "Epochs")->check(kPositive)->capture_default_str();
   app.add_option("--batch-size", cfg.batch_size,
                  "Samples per batch: per rank with --strategy ddp (as PyTorch DDP: the global batch is "
@@ -509,6 +566,30 @@ int main(int argc, char** argv) {
   app.add_option("--log-every", cfg.log_every, "Steps between log lines when not on a terminal")
       ->check(kPositive)
       ->capture_default_str();
+  const std::string lm = "Language models (--model gpt-mini or gpt2, --dataset text)";
+  app.add_option("--block-size", cfg.block_size, "Context in characters (default: the model's, 256 or 1024)")
+      ->check(kPositive)
+      ->group(lm);
+  app.add_option("--n-layer", cfg.n_layer, "Transformer blocks (default: the model's)")->check(kPositive)->group(lm);
+  app.add_option("--n-head", cfg.n_head, "Attention heads (default: the model's)")->check(kPositive)->group(lm);
+  app.add_option("--n-embd", cfg.n_embd, "Width, a multiple of --n-head (default: the model's)")->check(kPositive)->group(lm);
+  app.add_option("--dropout", cfg.dropout, "After the embeddings and on each residual branch")
+      ->check(kUnitInterval)
+      ->capture_default_str()
+      ->group(lm);
+  app.add_option("--sample-tokens", cfg.sample_tokens,
+                 "Characters to generate after training (rank 0, on stderr and in the JSON line); 0: none")
+      ->check(kNonNegative)
+      ->capture_default_str()
+      ->group(lm);
+  app.add_option("--temperature", cfg.temperature, "Sampling temperature (0: greedy)")
+      ->check(kNonNegative)
+      ->capture_default_str()
+      ->group(lm);
+  app.add_option("--top-k", cfg.top_k, "Sample among the k most likely characters (0: all)")
+      ->check(kNonNegative)
+      ->capture_default_str()
+      ->group(lm);
   const std::string multi = "Multi-device training";
   app.add_option("--strategy", cfg.strategy,
                  "single: one device; dp: DataParallel, one process driving --devices replicas; ddp: "
@@ -596,6 +677,13 @@ int main(int argc, char** argv) {
     fail(what.empty() ? "invalid arguments" : what);
   }
   if (cfg.optimizer != "sgd" && app.count("--momentum") > 0) fail("--momentum applies to --optimizer sgd only");
+  if (is_gpt(cfg) != (cfg.dataset == "text"))
+    fail(is_gpt(cfg) ? "--model " + cfg.model + " is a language model: expected --dataset text, got --dataset " + cfg.dataset
+                     : "--dataset text trains a language model: expected --model gpt-mini or gpt2, got --model " + cfg.model);
+  for (const char* flag : {"--block-size", "--n-layer", "--n-head", "--n-embd", "--dropout", "--sample-tokens",
+                           "--temperature", "--top-k"})
+    if (!is_gpt(cfg) && app.count(flag) > 0) fail(std::string(flag) + " applies to --model gpt-mini or gpt2 only");
+  if (is_gpt(cfg)) gpt_options(cfg);  // --n-embd against --n-head, before any work
   if (cfg.resume == "auto" && cfg.checkpoint_dir.empty()) fail("--resume auto needs --checkpoint-dir");
   if (!cfg.resume.empty() && cfg.resume != "auto" && !std::filesystem::is_regular_file(cfg.resume))
     fail("--resume " + cfg.resume + ": no such checkpoint file");
@@ -625,7 +713,7 @@ int main(int argc, char** argv) {
       run_local_ranks(cfg, plan, sets);
       return 0;
     }
-    std::shared_ptr<nn::Module> model = make_model(cfg, sets.train->input_shape());
+    std::shared_ptr<nn::Module> model = make_model(cfg, sets);
     RankContext ctx;
     ctx.device = plan.device;
     if (ddp) {

@@ -141,8 +141,9 @@ struct TrainerConfig {
   int64_t val_batch_size = 0;
   /// Micro-batches per optimizer step (loss divided by it; DDP syncs only the last).
   int64_t accumulate = 1;
-  /// Recompute activations in backward: the model's top-level children (or, for a
-  /// Sequential, each layer that has parameters) are wrapped in nn::Checkpointed.
+  /// Recompute activations in backward, with nn::enable_grad_checkpointing's segments
+  /// (a Sequential in about sqrt(L) segments; else each Sequential child, such as
+  /// ResNet-18's stages or a GPT's blocks, one segment per block).
   bool grad_checkpoint = false;
   /// Seeds the default generators (initialisation, dropout) and the data order.
   uint64_t seed = 0;

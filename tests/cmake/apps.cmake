@@ -31,6 +31,25 @@ if(TARGET tandem-train)
       --model mlp --dataset synthetic --synthetic-samples 256 --batch-size 64 --epochs 1 --tf32 --device cpu)
   set_tests_properties(tandem_train_tf32_flag PROPERTIES LABELS "cpu;app")
 
+  # A character-level GPT on a generated text (400 numbered lines of one sentence): it
+  # learns the sentence in three epochs, alone and as two DDP ranks (local backend, bf16,
+  # activation checkpointing), and greedy sampling writes it back.
+  set(fox_text ${CMAKE_CURRENT_BINARY_DIR}/quick_brown_fox.txt)
+  set(text "")
+  foreach(i RANGE 399)
+    string(APPEND text "line ${i}: the quick brown fox jumps over the lazy dog.\n")
+  endforeach()
+  file(WRITE ${fox_text} "${text}")
+  set(gpt_flags --model gpt-mini --dataset text --data ${fox_text} --n-layer 2 --n-head 2 --n-embd 64 --block-size 64
+    --optimizer adamw --lr 3e-3 --epochs 3 --temperature 0 --sample-tokens 120 --device cpu)
+  add_test(NAME tandem_train_gpt_text_cpu
+    COMMAND ${check} 0 "\"test_acc\":0\\.[89].*quick brown fox jumps" -- $<TARGET_FILE:tandem-train> ${gpt_flags}
+      --batch-size 16)
+  add_test(NAME tandem_train_gpt_text_ddp_local
+    COMMAND ${check} 0 "\"world_size\":2.*\"test_acc\":0\\.[89].*quick brown fox" -- $<TARGET_FILE:tandem-train>
+      ${gpt_flags} --batch-size 8 --strategy ddp --backend local --devices 2 --precision bf16 --grad-checkpoint)
+  set_tests_properties(tandem_train_gpt_text_cpu tandem_train_gpt_text_ddp_local PROPERTIES LABELS "cpu;app")
+
   set(bad_flags
     "epochs_zero|--epochs 0|--epochs: expected a value > 0, got 0"
     "negative_lr|--lr -1|--lr: expected a value > 0, got -1"
@@ -69,7 +88,15 @@ if(TARGET tandem-train)
     "accumulate_zero|--accumulate 0|--accumulate: expected a value > 0, got 0"
     "resume_auto_without_dir|--resume auto|--resume auto needs --checkpoint-dir"
     "resume_missing_file|--resume /nonexistent/ckpt.tck|--resume /nonexistent/ckpt.tck: no such checkpoint file"
-    "checkpoint_every_without_dir|--checkpoint-every 10|--checkpoint-every needs --checkpoint-dir")
+    "checkpoint_every_without_dir|--checkpoint-every 10|--checkpoint-every needs --checkpoint-dir"
+    # Language models.
+    "gpt_without_text|--model gpt-mini|--model gpt-mini is a language model: expected --dataset text, got --dataset fashion-mnist"
+    "text_without_gpt|--dataset text --data ${fox_text}|--dataset text trains a language model: expected --model gpt-mini or gpt2, got --model cnn"
+    "text_without_data|--model gpt2 --dataset text|--dataset text needs --data FILE"
+    "text_missing_file|--model gpt-mini --dataset text --data /nonexistent/t.txt|--data /nonexistent/t.txt: no such file"
+    "gpt_flag_on_cnn|--block-size 64|--block-size applies to --model gpt-mini or gpt2 only"
+    "embd_not_multiple_of_heads|--model gpt-mini --dataset text --data ${fox_text} --n-head 5|--n-embd 384 must be a multiple of --n-head 5"
+    "block_longer_than_split|--model gpt-mini --dataset text --data ${fox_text} --block-size 4000|test split of .* block_size . 1 = 4001")
   foreach(entry ${bad_flags})
     string(REPLACE "|" ";" parts "${entry}")
     list(GET parts 0 name)
@@ -77,7 +104,7 @@ if(TARGET tandem-train)
     list(GET parts 2 regex)
     separate_arguments(flags)
     # Errors before training exit with 2; errors while loading data or opening files with 1.
-    if(name MATCHES "^(missing_file|unwritable_metrics)$")
+    if(name MATCHES "^(missing_file|unwritable_metrics|block_longer_than_split)$")
       set(status 1)
     else()
       set(status 2)
