@@ -73,7 +73,7 @@ void Adam::step() {
   // Checks every parameter before any update; then builds every batch's kernel argument
   // list (allocating moments) before any launch. `batches` and the state keep the tensors alive.
   std::vector<DeviceBatch> batches = grads_by_device(name(), "adam");
-  std::vector<std::vector<kernels::cuda::AdamTensorRef>> refs_of(batches.size());
+  std::vector<std::vector<kernels::AdamTensorRef>> refs_of(batches.size());
   for (size_t b = 0; b < batches.size(); ++b) {
     for (GradItem& item : batches[b].items) {
       const TensorOptions like{.dtype = item.param.dtype(), .device = item.param.device()};
@@ -81,7 +81,7 @@ void Adam::step() {
       Tensor& v = exp_avg_sq[item.flat];
       if (!m.defined()) m = zeros(item.param.shape(), like);
       if (!v.defined()) v = zeros(item.param.shape(), like);
-      kernels::cuda::AdamTensorRef ref;
+      kernels::AdamTensorRef ref;
       ref.param = item.param.data_ptr();
       ref.grad = item.grad.data_ptr();
       ref.exp_avg = m.data_ptr();
@@ -103,17 +103,12 @@ void Adam::step() {
   for (size_t b = 0; b < batches.size(); ++b) {
     const Device device = batches[b].device;
     const DType dtype = batches[b].dtype;
-    const std::vector<kernels::cuda::AdamTensorRef>& refs = refs_of[b];
+    const std::vector<kernels::AdamTensorRef>& refs = refs_of[b];
     dispatch_device(
         "adam", device,
         [&] {
-          for (const auto& ref : refs) {
-            kernels::AdamHyper hyper{.lr = ref.lr, .beta1 = beta1, .beta2 = beta2, .eps = options_.eps,
-                                     .weight_decay = ref.weight_decay, .decoupled_weight_decay = decoupled_,
-                                     .amsgrad = options_.amsgrad, .step = ref.step};
-            kernels::cpu::adam_step(dtype, ref.param, ref.grad, ref.exp_avg, ref.exp_avg_sq, ref.max_exp_avg_sq,
-                                    ref.numel, hyper);
-          }
+          kernels::cpu::adam_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), beta1, beta2,
+                                          options_.eps, options_.amsgrad, decoupled_);
         },
         [&](auto) {
           kernels::cuda::adam_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), beta1, beta2,

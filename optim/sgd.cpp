@@ -49,10 +49,10 @@ void SGD::step() {
   // Checks every parameter before any update; then builds every batch's kernel argument
   // list (allocating momentum buffers) before any launch. `batches` keeps the tensors alive.
   std::vector<DeviceBatch> batches = grads_by_device("SGD", "sgd");
-  std::vector<std::vector<kernels::cuda::SGDTensorRef>> refs_of(batches.size());
+  std::vector<std::vector<kernels::SGDTensorRef>> refs_of(batches.size());
   for (size_t b = 0; b < batches.size(); ++b) {
     for (GradItem& item : batches[b].items) {
-      kernels::cuda::SGDTensorRef ref;
+      kernels::SGDTensorRef ref;
       ref.param = item.param.data_ptr();
       ref.grad = item.grad.data_ptr();
       ref.numel = item.param.numel();
@@ -74,15 +74,12 @@ void SGD::step() {
   for (size_t b = 0; b < batches.size(); ++b) {
     const Device device = batches[b].device;
     const DType dtype = batches[b].dtype;
-    const std::vector<kernels::cuda::SGDTensorRef>& refs = refs_of[b];
+    const std::vector<kernels::SGDTensorRef>& refs = refs_of[b];
     dispatch_device(
         "sgd", device,
         [&] {
-          for (const auto& ref : refs) {
-            kernels::SGDHyper hyper{.lr = ref.lr, .momentum = options_.momentum, .dampening = options_.dampening,
-                                    .weight_decay = ref.weight_decay, .nesterov = options_.nesterov};
-            kernels::cpu::sgd_step(dtype, ref.param, ref.grad, ref.momentum, ref.first_step, ref.numel, hyper);
-          }
+          kernels::cpu::sgd_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), options_.momentum,
+                                         options_.dampening, options_.nesterov);
         },
         [&](auto) {
           kernels::cuda::sgd_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), options_.momentum,

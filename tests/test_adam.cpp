@@ -85,6 +85,42 @@ TEST(Adam, MatchesScalarReferenceAcrossOptions) {
   }
 }
 
+TEST(Adam, ManyTensorsSplitOverThreadsMatchTheScalarReference) {
+  // 1.24M elements in four tensors, two of them over the 64Ki-element piece size and
+  // together over the parallel threshold: every element must get its own tensor's lr,
+  // weight decay and step count exactly once, whichever thread runs its piece.
+  const std::vector<int64_t> sizes{70000, 3, 1100000, 65536};
+  std::vector<Tensor> params;
+  for (size_t i = 0; i < sizes.size(); ++i) params.push_back(random_tensor({sizes[i]}, 300 + i).set_requires_grad(true));
+  AdamW opt(std::vector<ParamGroup>{{.params = {params[0], params[1]}, .lr = 0.01, .weight_decay = 0.1},
+                                    {.params = {params[2], params[3]}, .lr = 0.03, .weight_decay = 0.02}},
+            {.betas = {0.9, 0.95}});
+  const AdamOptions first{.lr = 0.01, .betas = {0.9, 0.95}, .weight_decay = 0.1};
+  const AdamOptions second{.lr = 0.03, .betas = {0.9, 0.95}, .weight_decay = 0.02};
+  std::vector<std::vector<ScalarAdam>> ref(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i)
+    for (double v : params[i].to_vector<double>()) ref[i].push_back({v});
+  for (int step = 0; step < 2; ++step) {
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      // Tensor 1 skips the first step: its step count, and so its bias correction, lags.
+      if (i == 1 && step == 0) continue;
+      Tensor g = random_tensor({sizes[i]}, 400 + 10 * step + i);
+      params[i].set_grad(g);
+      const std::vector<double> gv = g.to_vector<double>();
+      for (size_t k = 0; k < gv.size(); ++k) ref[i][k].step(gv[k], i < 2 ? first : second, true);
+    }
+    opt.step();
+    opt.zero_grad();
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::vector<double> got = params[i].to_vector<double>();
+    int64_t wrong = 0, first_wrong = -1;
+    for (size_t k = 0; k < got.size(); ++k)
+      if (std::abs(got[k] - ref[i][k].p) > 1e-13 * (1 + std::abs(ref[i][k].p)) && wrong++ == 0) first_wrong = static_cast<int64_t>(k);
+    EXPECT_EQ(wrong, 0) << "tensor " << i << ", first at element " << first_wrong;
+  }
+}
+
 TEST(Adam, FirstStepMovesEachElementByLr) {
   // With zero decay, m̂ = g and v̂ = g² on step 1: every element moves by lr·sign(g) (eps aside).
   Tensor p = param({1.0, -1.0, 3.0});

@@ -84,6 +84,42 @@ TEST(SGD, MatchesReferenceAcrossOptions) {
   }
 }
 
+TEST(SGD, ManyTensorsSplitOverThreadsMatchTheScalarReference) {
+  // As Adam's test: pieces of several tensors over one OpenMP team, each element
+  // updated once with its own tensor's lr and weight decay; tensor 1 starts its
+  // momentum a step late.
+  const std::vector<int64_t> sizes{70000, 3, 1100000, 65536};
+  std::vector<Tensor> params;
+  for (size_t i = 0; i < sizes.size(); ++i)
+    params.push_back(tandem::testing::random_tensor({sizes[i]}, 500 + i).set_requires_grad(true));
+  SGD opt(std::vector<ParamGroup>{{.params = {params[0], params[1]}, .lr = 0.1, .weight_decay = 0.01},
+                                  {.params = {params[2], params[3]}, .lr = 0.2, .weight_decay = 0.0}},
+          {.lr = 0.1, .momentum = 0.9, .nesterov = true});
+  const SGDOptions first{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01, .nesterov = true};
+  const SGDOptions second{.lr = 0.2, .momentum = 0.9, .weight_decay = 0.0, .nesterov = true};
+  std::vector<std::vector<ScalarSGD>> ref(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i)
+    for (double v : params[i].to_vector<double>()) ref[i].push_back({v});
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      if (i == 1 && step == 0) continue;
+      Tensor g = tandem::testing::random_tensor({sizes[i]}, 600 + 10 * step + i);
+      params[i].set_grad(g);
+      const std::vector<double> gv = g.to_vector<double>();
+      for (size_t k = 0; k < gv.size(); ++k) ref[i][k].step(gv[k], i < 2 ? first : second);
+    }
+    opt.step();
+    opt.zero_grad();
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::vector<double> got = params[i].to_vector<double>();
+    int64_t wrong = 0, first_wrong = -1;
+    for (size_t k = 0; k < got.size(); ++k)
+      if (std::abs(got[k] - ref[i][k].p) > 1e-14 * (1 + std::abs(ref[i][k].p)) && wrong++ == 0) first_wrong = static_cast<int64_t>(k);
+    EXPECT_EQ(wrong, 0) << "tensor " << i << ", first at element " << first_wrong;
+  }
+}
+
 TEST(SGD, SkipsParametersWithoutGradient) {
   Tensor a = param({1.0, 2.0});
   Tensor b = param({3.0});

@@ -1,5 +1,6 @@
-// CPU Adam step: one fused pass per tensor, arithmetic in the parameter's own type
-// with the operation order of PyTorch's single-tensor path, parallel over large tensors.
+// CPU multi-tensor Adam step: one fused pass per element, arithmetic in the parameter's
+// own type with the operation order of PyTorch's single-tensor path; the elements of
+// all tensors are split in chunks over one OpenMP team.
 #include "kernels/cpu/adam.h"
 
 #include "kernels/common.h"
@@ -18,7 +19,6 @@ void adam_typed(T* p, const T* grad, T* m, T* v, T* v_max, int64_t n, const Adam
   const bool decoupled = h.decoupled_weight_decay && h.weight_decay != 0.0;
   const bool l2 = !h.decoupled_weight_decay && h.weight_decay != 0.0;
   const bool amsgrad = h.amsgrad;
-#pragma omp parallel for schedule(static) if (n >= kParallelMinElements)
   for (int64_t i = 0; i < n; ++i) {
     T g = grad[i];
     T w = p[i];
@@ -39,20 +39,32 @@ void adam_typed(T* p, const T* grad, T* m, T* v, T* v_max, int64_t n, const Adam
   }
 }
 
+template <class T>
+void adam_multi_typed(const AdamTensorRef* tensors, int64_t count, const AdamHyper& shared) {
+  for_each_tensor_piece(
+      count, [&](int64_t t) { return tensors[t].numel; },
+      [&](int64_t t, int64_t b, int64_t e) {
+        const AdamTensorRef& r = tensors[t];
+        AdamHyper h = shared;
+        h.lr = r.lr;
+        h.weight_decay = r.weight_decay;
+        h.step = r.step;
+        T* v_max = r.max_exp_avg_sq != nullptr ? static_cast<T*>(r.max_exp_avg_sq) + b : nullptr;
+        adam_typed(static_cast<T*>(r.param) + b, static_cast<const T*>(r.grad) + b, static_cast<T*>(r.exp_avg) + b,
+                   static_cast<T*>(r.exp_avg_sq) + b, v_max, e - b, h);
+      });
+}
+
 }  // namespace
 
-void adam_step(DType dtype, void* param, const void* grad, void* exp_avg, void* exp_avg_sq, void* max_exp_avg_sq,
-               int64_t n, const AdamHyper& hyper) {
+void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2, double eps,
+                       bool amsgrad, bool decoupled_weight_decay) {
+  const AdamHyper shared{.beta1 = beta1, .beta2 = beta2, .eps = eps, .decoupled_weight_decay = decoupled_weight_decay,
+                         .amsgrad = amsgrad};
   switch (dtype) {
-    case DType::kF32:
-      adam_typed(static_cast<float*>(param), static_cast<const float*>(grad), static_cast<float*>(exp_avg),
-                 static_cast<float*>(exp_avg_sq), static_cast<float*>(max_exp_avg_sq), n, hyper);
-      return;
-    case DType::kF64:
-      adam_typed(static_cast<double*>(param), static_cast<const double*>(grad), static_cast<double*>(exp_avg),
-                 static_cast<double*>(exp_avg_sq), static_cast<double*>(max_exp_avg_sq), n, hyper);
-      return;
-    default: unreachable_dtype("adam_step", dtype);
+    case DType::kF32: adam_multi_typed<float>(tensors, count, shared); return;
+    case DType::kF64: adam_multi_typed<double>(tensors, count, shared); return;
+    default: unreachable_dtype("adam_multi_tensor", dtype);
   }
 }
 

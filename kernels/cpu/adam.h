@@ -29,6 +29,19 @@ struct AdamCoefficients {
   double weight_decay;           // decoupled: the factor 1 - lr·wd; else the L2 coefficient wd
 };
 
+/// One tensor of a multi-tensor Adam step (CPU or CUDA pointers, one dtype for all).
+struct AdamTensorRef {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* exp_avg = nullptr;
+  void* exp_avg_sq = nullptr;
+  void* max_exp_avg_sq = nullptr;  // null without AMSGrad
+  int64_t numel = 0;
+  double lr = 0.0;  // per tensor, so groups with different lr share a launch
+  double weight_decay = 0.0;
+  int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
+};
+
 /// Coefficients of `h` (bias corrections use the tensor's own step count).
 inline AdamCoefficients adam_coefficients(const AdamHyper& h) {
   const double step = static_cast<double>(h.step);
@@ -40,12 +53,16 @@ inline AdamCoefficients adam_coefficients(const AdamHyper& h) {
 
 namespace tandem::kernels::cpu {
 
-/// One Adam step on n elements (f32 or f64), in place on param and the moments:
+/// One Adam step on each of `count` tensors (f32 or f64), in place on the parameters
+/// and moments, with shared β1, β2, eps, AMSGrad and decoupled (AdamW) flags and each
+/// tensor's own lr, weight decay and step count t:
 ///   AdamW: p = p·(1 - lr·wd);  Adam: g = g + wd·p;
 ///   m = β1·m + (1-β1)·g;  v = β2·v + (1-β2)·g²;  AMSGrad: v̂ = max(v̂, v), else v̂ = v;
 ///   p = p - lr/(1-β1^t) · m / (sqrt(v̂)/sqrt(1-β2^t) + eps).
-/// `max_exp_avg_sq` is unused (may be null) without AMSGrad.
-void adam_step(DType dtype, void* param, const void* grad, void* exp_avg, void* exp_avg_sq, void* max_exp_avg_sq,
-               int64_t n, const AdamHyper& hyper);
+/// `max_exp_avg_sq` is unused (may be null) without AMSGrad. The elements of all
+/// tensors are split in chunks over one OpenMP team, so a model of many small tensors
+/// (none large enough to split on its own) still uses every core.
+void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2, double eps,
+                       bool amsgrad, bool decoupled_weight_decay);
 
 }  // namespace tandem::kernels::cpu

@@ -1,4 +1,4 @@
-// SGD update as torch.optim.SGD computes it, fused into one pass over a tensor:
+// SGD update as torch.optim.SGD computes it, fused into one pass over each tensor:
 // weight decay, momentum buffer (Nesterov optional) and the parameter step.
 #pragma once
 
@@ -17,15 +17,29 @@ struct SGDHyper {
   bool nesterov = false;
 };
 
+/// One tensor of a multi-tensor SGD step (CPU or CUDA pointers, one dtype for all).
+struct SGDTensorRef {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* momentum = nullptr;  // null when μ = 0
+  int64_t numel = 0;
+  double lr = 0.0;            // per tensor, so groups with different lr share a launch
+  double weight_decay = 0.0;
+  bool first_step = false;  // seed the momentum buffer with the gradient
+};
+
 }  // namespace tandem::kernels
 
 namespace tandem::kernels::cpu {
 
-/// One SGD step on n elements (f32 or f64), in place on `param` and `momentum_buf`:
+/// One SGD step on each of `count` tensors (f32 or f64), in place on the parameters
+/// and momentum buffers, with shared μ, dampening and Nesterov flag and each tensor's
+/// own lr and weight decay:
 ///   g = grad + wd·p;  b = first_step ? g : μ·b + (1-dampening)·g;
 ///   g = nesterov ? g + μ·b : b;  p = p - lr·g.
-/// `momentum_buf` is unused (may be null) when μ = 0.
-void sgd_step(DType dtype, void* param, const void* grad, void* momentum_buf, bool first_step, int64_t n,
-              const SGDHyper& hyper);
+/// The momentum buffer is unused (may be null) when μ = 0. The elements of all tensors
+/// are split in chunks over one OpenMP team (for_each_tensor_piece).
+void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, double momentum, double dampening,
+                      bool nesterov);
 
 }  // namespace tandem::kernels::cpu

@@ -4,25 +4,16 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/adam.h"
 #include "kernels/cuda/stream.h"
 #include "kernels/dtype.h"
 
 namespace tandem::kernels::cuda {
 
-/// One tensor of a multi-tensor Adam step: device pointers of the same dtype.
-struct AdamTensorRef {
-  void* param = nullptr;
-  const void* grad = nullptr;
-  void* exp_avg = nullptr;
-  void* exp_avg_sq = nullptr;
-  void* max_exp_avg_sq = nullptr;  // null without AMSGrad
-  int64_t numel = 0;
-  double lr = 0.0;  // per tensor, so groups with different lr share a launch
-  double weight_decay = 0.0;
-  int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
-};
+/// One tensor of a multi-tensor Adam step (kernels/cpu/adam.h): device pointers here.
+using kernels::AdamTensorRef;
 
-/// The Adam step of kernels::cpu::adam_step applied to `count` tensors of `dtype`
+/// kernels::cpu::adam_multi_tensor on the GPU: the step on `count` tensors of `dtype`
 /// (f32 or f64), all on the current device, each with its own lr, weight decay and
 /// step count and the shared β1, β2, eps, AMSGrad and decoupled (AdamW) flags. One
 /// launch unless more than kAdamMaxTensors tensors or kAdamMaxBlocks chunks are given.

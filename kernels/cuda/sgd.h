@@ -4,23 +4,16 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/sgd.h"
 #include "kernels/cuda/stream.h"
 #include "kernels/dtype.h"
 
 namespace tandem::kernels::cuda {
 
-/// One tensor of a multi-tensor SGD step: device pointers of the same dtype.
-struct SGDTensorRef {
-  void* param = nullptr;
-  const void* grad = nullptr;
-  void* momentum = nullptr;  // null when μ = 0
-  int64_t numel = 0;
-  double lr = 0.0;            // per tensor, so groups with different lr share a launch
-  double weight_decay = 0.0;
-  bool first_step = false;  // seed the momentum buffer with the gradient
-};
+/// One tensor of a multi-tensor SGD step (kernels/cpu/sgd.h): device pointers here.
+using kernels::SGDTensorRef;
 
-/// The SGD step of kernels::cpu::sgd_step applied to `count` tensors of `dtype`
+/// kernels::cpu::sgd_multi_tensor on the GPU: the step on `count` tensors of `dtype`
 /// (f32 or f64), all on the current device, each with its own lr and weight decay
 /// and the shared momentum μ, dampening and Nesterov flag. As few launches as
 /// possible: one unless more than kSGDMaxTensors tensors or kSGDMaxBlocks chunks are given.
