@@ -22,15 +22,37 @@ CausalSelfAttention::CausalSelfAttention(int64_t embed_dim, int64_t num_heads, d
   resid_dropout_ = register_module("resid_dropout", std::make_shared<Dropout>(dropout));
 }
 
-Tensor CausalSelfAttention::forward(const Tensor& input) {
+void CausalSelfAttention::check_input(const Tensor& input) const {
   if (!input.defined() || input.dim() != 3 || input.size(2) != embed_dim_)
     throw std::invalid_argument("[CausalSelfAttention] expected input (B, T, " + std::to_string(embed_dim_) +
                                 "), got " + (input.defined() ? shape_str(input.shape()) : std::string("undefined")));
+}
+
+Tensor CausalSelfAttention::forward(const Tensor& input) {
+  KVCache none;
+  return forward(input, none);
+}
+
+Tensor CausalSelfAttention::forward(const Tensor& input, KVCache& cache) {
+  check_input(input);
   const int64_t b = input.size(0), t = input.size(1), h = num_heads_, d = embed_dim_ / num_heads_;
+  const bool cached = cache.size() > 0;
+  if (cached && (t != 1 || cache.k.size(0) != b))
+    throw std::invalid_argument("[CausalSelfAttention] expected one new position per sequence after the cached " +
+                                std::to_string(cache.size()) + " (batch " + std::to_string(cache.k.size(0)) + "), got " +
+                                shape_str(input.shape()));
   // (B, T, 3C) -> (3, B, H, T, D) in one copy; q, k and v are then views along dim 0.
   Tensor qkv = permute(reshape(c_attn_->forward(input), {b, t, 3, h, d}), {2, 0, 3, 1, 4});
   const auto part = [&](int64_t i) { return reshape(narrow(qkv, 0, i, 1), {b, h, t, d}); };
-  Tensor y = scaled_dot_product_attention(part(0), part(1), part(2), /*is_causal=*/true);
+  Tensor k = part(1), v = part(2);
+  if (cached) {
+    k = cat({cache.k, k}, 2);
+    v = cat({cache.v, v}, 2);
+  }
+  cache.k = k;
+  cache.v = v;
+  // A new position after cached ones sees all of them: no mask.
+  Tensor y = scaled_dot_product_attention(part(0), k, v, /*is_causal=*/!cached);
   y = reshape(permute(y, {0, 2, 1, 3}), {b, t, embed_dim_});  // heads side by side again
   return resid_dropout_->forward(c_proj_->forward(y));
 }

@@ -10,6 +10,15 @@ namespace tandem::nn {
 class Dropout;
 class Linear;
 
+/// Keys and values of the positions a CausalSelfAttention has seen, (B, H, t, D) each
+/// (undefined before the first call): incremental decoding computes each new position
+/// once instead of re-running the whole context.
+struct KVCache {
+  Tensor k, v;
+  /// Positions cached (0 when empty).
+  int64_t size() const { return k.defined() ? k.size(2) : 0; }
+};
+
 /// y = c_proj(attention(q, k, v)) with q, k, v = c_attn(x) split into `num_heads` heads
 /// of embed_dim / num_heads, each query attending to itself and earlier positions
 /// (scaled_dot_product_attention with is_causal). Parameter names (c_attn, c_proj)
@@ -22,6 +31,12 @@ class CausalSelfAttention : public Module {
   CausalSelfAttention(int64_t embed_dim, int64_t num_heads, double dropout = 0.0, bool bias = true);
   /// x (B, T, embed_dim) -> (B, T, embed_dim).
   Tensor forward(const Tensor& input) override;
+  /// As forward, for positions that follow those in `cache`, whose keys and values are
+  /// appended to it: with an empty cache x may hold any number of positions (causal
+  /// among them), after that one at a time (it attends to every cached position). For
+  /// inference: the cache keeps tensors of this call's graph, so call it without
+  /// gradients.
+  Tensor forward(const Tensor& input, KVCache& cache);
   std::string name() const override { return "CausalSelfAttention"; }
   std::shared_ptr<Module> clone() const override;
 
@@ -31,6 +46,8 @@ class CausalSelfAttention : public Module {
   const std::shared_ptr<Linear>& c_proj() const { return c_proj_; }
 
  private:
+  void check_input(const Tensor& input) const;
+
   int64_t embed_dim_, num_heads_;
   double dropout_;
   bool bias_;

@@ -407,6 +407,43 @@ TEST(GPT, SamplingIsSeededAndStaysInTheVocabulary) {
   }
 }
 
+TEST(GPT, CachedAttentionEqualsTheFullForward) {
+  CausalSelfAttention attn(8, 2);
+  attn.to(DType::kF64);
+  randomise(attn, 450);
+  autograd::NoGradGuard no_grad;
+  const Tensor x = random_tensor({2, 5, 8}, 451);
+  const Tensor full = attn(x);
+  KVCache cache;
+  std::vector<Tensor> parts{attn.forward(narrow(x, 1, 0, 3), cache)};  // prefill 3 positions
+  EXPECT_EQ(cache.size(), 3);
+  for (int64_t t = 3; t < 5; ++t) parts.push_back(attn.forward(narrow(x, 1, t, 1), cache));
+  EXPECT_EQ(cache.size(), 5);
+  EXPECT_TRUE(all_close(cat(parts, 1), full, 1e-12, 1e-12));
+  expect_invalid([&] { attn.forward(narrow(x, 1, 0, 2), cache); },
+                 {"[CausalSelfAttention]", "one new position", "cached 5", "[2, 2, 8]"});
+}
+
+TEST(GPT, CachedGenerationEqualsRecomputingTheContext) {
+  // Greedy decoding past block_size (8): 3 prompt tokens, 5 cached steps, then a
+  // sliding window. The reference re-runs the whole (cropped) context every token.
+  models::GPT net(tiny_gpt());
+  net.to(DType::kF64);
+  randomise(net, 460);
+  std::vector<int64_t> want = {4, 9, 2};
+  {
+    autograd::NoGradGuard no_grad;
+    net.eval();
+    while (want.size() < 3 + 12) {
+      const auto t = std::min<int64_t>(static_cast<int64_t>(want.size()), 8);
+      const std::vector<int64_t> ctx(want.end() - t, want.end());
+      Tensor logits = net(Tensor::from_vector(ctx, {1, t}));
+      want.push_back(argmax(narrow(logits, 1, t - 1, 1), 2).item<int64_t>());
+    }
+  }
+  EXPECT_EQ(net.generate({4, 9, 2}, {.max_new_tokens = 12, .temperature = 0.0}), want);
+}
+
 TEST(GPT, GenerateErrors) {
   models::GPT net(tiny_gpt());
   expect_invalid([&] { net.generate({}); }, {"[GPT::generate]", "at least one token"});

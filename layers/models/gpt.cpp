@@ -49,6 +49,11 @@ Tensor TransformerBlock::forward(const Tensor& input) {
   return add(x, mlp_->forward(ln_2_->forward(x)));
 }
 
+Tensor TransformerBlock::forward(const Tensor& input, KVCache& cache) {
+  Tensor x = add(input, attn_->forward(ln_1_->forward(input), cache));
+  return add(x, mlp_->forward(ln_2_->forward(x)));
+}
+
 std::shared_ptr<Module> TransformerBlock::clone() const {
   return clone_via([this] { return std::make_shared<TransformerBlock>(attn_->embed_dim(), attn_->num_heads(), dropout_); });
 }
@@ -94,6 +99,13 @@ GPT::GPT(const GPTOptions& options) : options_(options) {
   }
 }
 
+Tensor GPT::forward_cached(const Tensor& input, std::vector<KVCache>& caches) {
+  const int64_t start = caches.front().size(), t = input.size(1);
+  Tensor x = add(wte_->forward(input), narrow(wpe_->weight(), 0, start, t));
+  for (size_t i = 0; i < h_->size(); ++i) x = static_cast<TransformerBlock&>(*(*h_)[i]).forward(x, caches[i]);
+  return linear(ln_f_->forward(x), wte_->weight());
+}
+
 Tensor GPT::forward(const Tensor& input) {
   if (!input.defined() || input.dtype() != DType::kI64 || input.dim() != 2)
     throw std::invalid_argument("[GPT] expected int64 token ids of shape (B, T), got " +
@@ -132,10 +144,20 @@ std::vector<int64_t> GPT::generate(const std::vector<int64_t>& prompt, const Gen
   std::mt19937_64 rng(options.seed);
   std::vector<int64_t> tokens = prompt;
   std::vector<double> probs(static_cast<size_t>(o.vocab_size));
+  std::vector<KVCache> caches(h_->size());
   for (int64_t n = 0; n < options.max_new_tokens; ++n) {
-    const auto t = std::min<int64_t>(static_cast<int64_t>(tokens.size()), o.block_size);
-    const std::vector<int64_t> context(tokens.end() - t, tokens.end());
-    const Tensor logits = forward(Tensor::from_vector(context, {1, t}, device));  // (1, t, V)
+    const auto length = static_cast<int64_t>(tokens.size());
+    Tensor logits;  // (1, t, V)
+    if (length <= o.block_size) {
+      // The positions not yet cached: the whole prompt first, then the last token.
+      const int64_t done = caches.front().size();
+      const std::vector<int64_t> fresh(tokens.begin() + done, tokens.end());
+      logits = forward_cached(Tensor::from_vector(fresh, {1, length - done}, device), caches);
+    } else {
+      const std::vector<int64_t> window(tokens.end() - o.block_size, tokens.end());
+      logits = forward(Tensor::from_vector(window, {1, o.block_size}, device));
+    }
+    const int64_t t = logits.size(1);
     const std::vector<double> last = logits.narrow(1, t - 1, 1).to(DType::kF64).to_vector<double>();
     const auto best = static_cast<int64_t>(std::max_element(last.begin(), last.end()) - last.begin());
     if (options.temperature == 0.0) {

@@ -8,12 +8,12 @@
 #include <memory>
 #include <vector>
 
+#include "layers/attention.h"
 #include "layers/module.h"
 #include "layers/sequential.h"
 
 namespace tandem::nn {
 
-class CausalSelfAttention;
 class Dropout;
 class Embedding;
 class LayerNorm;
@@ -43,6 +43,8 @@ class TransformerBlock : public Module {
   TransformerBlock(int64_t embed_dim, int64_t num_heads, double dropout = 0.0);
   /// (B, T, C) -> (B, T, C).
   Tensor forward(const Tensor& input) override;
+  /// As forward, with the attention's keys and values cached (CausalSelfAttention).
+  Tensor forward(const Tensor& input, KVCache& cache);
   std::string name() const override { return "TransformerBlock"; }
   std::shared_ptr<Module> clone() const override;
   const std::shared_ptr<CausalSelfAttention>& attn() const { return attn_; }
@@ -100,15 +102,21 @@ class GPT : public Module {
 
   /// Continues `prompt` (token ids, at least one) by max_new_tokens tokens, each drawn
   /// from the softmax of the last position's logits as `options` says, with the last
-  /// block_size tokens as context (no key/value cache: one full forward per token). Runs
-  /// without gradients in eval mode on the model's device and restores the training
-  /// mode. Returns the prompt followed by the new tokens.
+  /// block_size tokens as context. Keys and values are cached while the sequence fits in
+  /// block_size (one position's work per new token); past that the window slides and
+  /// every token re-runs the window (positions are absolute). Runs without gradients in
+  /// eval mode on the model's device and restores the training mode. Returns the prompt
+  /// followed by the new tokens.
   std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const GenerateOptions& options = {});
 
   /// The blocks, a Sequential: set_checkpoint_segments() on it recomputes them in backward.
   const std::shared_ptr<Sequential>& blocks() const { return h_; }
 
  private:
+  /// Logits (B, T, V) of `input`, positions starting after those in `caches` (one cache
+  /// per block, filled as it goes).
+  Tensor forward_cached(const Tensor& input, std::vector<KVCache>& caches);
+
   GPTOptions options_;
   std::shared_ptr<Embedding> wte_;
   std::shared_ptr<Embedding> wpe_;
