@@ -17,6 +17,8 @@ CausalSelfAttention::CausalSelfAttention(int64_t embed_dim, int64_t num_heads, d
   if (embed_dim < 1 || num_heads < 1 || embed_dim % num_heads != 0)
     throw std::invalid_argument("[CausalSelfAttention] expected embed_dim >= 1 divisible by num_heads >= 1, got " +
                                 std::to_string(embed_dim) + " and " + std::to_string(num_heads));
+  if (!(dropout >= 0.0 && dropout < 1.0))
+    throw std::invalid_argument("[CausalSelfAttention] expected dropout in [0, 1), got " + std::to_string(dropout));
   c_attn_ = register_module("c_attn", std::make_shared<Linear>(embed_dim, 3 * embed_dim, bias));
   c_proj_ = register_module("c_proj", std::make_shared<Linear>(embed_dim, embed_dim, bias));
   resid_dropout_ = register_module("resid_dropout", std::make_shared<Dropout>(dropout));

@@ -5,7 +5,9 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <tuple>
+#include <unordered_map>
 
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
@@ -42,11 +44,24 @@ void Optimizer::add_param_group(ParamGroup group) {
   if (*group.weight_decay < 0.0) {
     throw std::invalid_argument("[Optimizer] expected weight_decay >= 0, got " + std::to_string(*group.weight_decay));
   }
+  // A parameter listed twice would be stepped twice, and the multi-tensor kernels would
+  // update its memory from two threads (or CUDA blocks) at once: refused, as PyTorch does.
+  std::unordered_map<const void*, std::string> seen;  // data -> where it was listed
+  const auto where = [](size_t g, size_t i) { return "index " + std::to_string(i) + " of group " + std::to_string(g); };
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (size_t i = 0; i < groups_[g].params.size(); ++i)
+      if (groups_[g].params[i].numel() > 0) seen.emplace(groups_[g].params[i].data_ptr(), where(g, i));
   for (size_t i = 0; i < group.params.size(); ++i) {
     if (!group.params[i].defined()) {
       throw std::invalid_argument("[Optimizer] expected defined parameters, got an undefined tensor at index " +
                                   std::to_string(i) + " of group " + std::to_string(groups_.size()));
     }
+    if (group.params[i].numel() == 0) continue;
+    const auto [it, added] = seen.emplace(group.params[i].data_ptr(), where(groups_.size(), i));
+    if (!added)
+      throw std::invalid_argument("[Optimizer] expected each parameter once, got the tensor at " +
+                                  where(groups_.size(), i) + " again (first at " + it->second +
+                                  "); a module that holds a tensor twice lists it twice in parameters()");
   }
   groups_.push_back(std::move(group));
 }

@@ -76,9 +76,11 @@ TEST_F(CudaLinalg, ScaledDotProductAttention) {
       expect_parity(fn, {{2, 5, 16}, {2, 40, 16}, {2, 40, 4}}, dt, 10);          // more keys than queries
     }
   }
-  // Rows longer than 1024 keys take the block-per-row kernels.
+  // Rows longer than 1024 keys take the block-per-row kernels; more queries than keys
+  // give rows that see every key.
   const Fn causal = [](const std::vector<Tensor>& t) { return scaled_dot_product_attention(t[0], t[1], t[2], true); };
-  expect_parity(causal, {{1, 1100, 16}, {1, 1100, 16}, {1, 1100, 16}}, DType::kF32, 11);
+  for (DType dt : kFloatTypes) expect_parity(causal, {{1, 1100, 16}, {1, 1100, 16}, {1, 1100, 16}}, dt, 11);
+  for (DType dt : kFloatTypes) expect_parity(causal, {{2, 40, 8}, {2, 9, 8}, {2, 9, 8}}, dt, 12);
 }
 
 TEST_F(CudaLinalg, LinearMlpSizedIsFullFp32) {

@@ -350,6 +350,24 @@ TEST(Attention, CausalWithMoreKeysThanQueriesIsTopLeftAligned) {
   EXPECT_TRUE(all_close(narrow(narrow(out, 1, 0, 1), 0, 0, 1), narrow(narrow(v, 1, 0, 1), 0, 0, 1), 1e-15, 0));
 }
 
+TEST(Attention, CausalWithMoreQueriesThanKeysSeesEveryKeyPastTk) {
+  // tril(ones(Tq, Tk)) with Tq > Tk: rows i >= Tk - 1 attend to every key.
+  Tensor q = random_tensor({2, 6, 4}, 150), k = random_tensor({2, 3, 4}, 151), v = random_tensor({2, 3, 5}, 152);
+  Tensor causal = scaled_dot_product_attention(q, k, v, true);
+  EXPECT_TRUE(all_close(causal, reference_attention(q, k, v, true, 0.5), 1e-12, 1e-12));
+  EXPECT_TRUE(all_close(narrow(causal, 1, 2, 4), narrow(scaled_dot_product_attention(q, k, v, false), 1, 2, 4), 1e-15, 0));
+  EXPECT_TRUE(gradcheck(sdpa(true), {leaf({2, 6, 4}, 153), leaf({2, 3, 4}, 154), leaf({2, 3, 5}, 155)}));
+}
+
+TEST(Attention, HalfScoresAreScaledBeforeTheyAreStored) {
+  // Raw f16 scores q·kᵀ = 64·32·32 = 65536 overflow f16 (max 65504); scaled by 1/8 they fit.
+  Tensor q = full({1, 1, 64}, 32.0, {.dtype = DType::kF16}), k = full({1, 2, 64}, 32.0, {.dtype = DType::kF16});
+  Tensor v = random_tensor({1, 2, 3}, 156, DType::kF16);
+  Tensor out = scaled_dot_product_attention(q, k, v);
+  for (float x : out.to_vector<float>()) EXPECT_TRUE(std::isfinite(x)) << x;
+  EXPECT_TRUE(all_close(out, mean(v, {1}, true), 1e-3, 1e-3));  // equal scores: the mean of the values
+}
+
 TEST(Attention, MatchesComposedOps) {
   // softmax(q·kᵀ·scale + mask)·v from matmul, transpose, add and softmax.
   Tensor q = random_tensor({3, 6, 5}, 109), k = random_tensor({3, 6, 5}, 110), v = random_tensor({3, 6, 5}, 111);

@@ -450,6 +450,18 @@ TEST(GPT, GenerateErrors) {
   expect_invalid([&] { net.generate({1, 13}); }, {"[GPT::generate]", "[0, 13)", "got 13 at position 1"});
   expect_invalid([&] { net.generate({1}, {.temperature = -1.0}); }, {"temperature >= 0", "-1"});
   expect_invalid([&] { net.generate({1}, {.top_k = -2}); }, {"top_k >= 0", "-2"});
+  {
+    autograd::NoGradGuard no_grad;
+    for (auto& [name, p] : net.named_parameters())
+      if (name == "transformer.ln_f.weight") p.fill_(std::nan(""));
+  }
+  try {
+    net.generate({1, 2});
+    ADD_FAILURE() << "expected std::runtime_error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("[GPT::generate] expected finite logits, got nan"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("at position 2"), std::string::npos) << e.what();
+  }
 }
 
 TEST(GPT, CheckpointedBlocksGiveTheSameGradients) {

@@ -240,6 +240,23 @@ TEST(SGD, OptionErrors) {
   EXPECT_THROW(SGD({Tensor()}, {.lr = 0.1}), std::invalid_argument);
 }
 
+TEST(SGD, AParameterListedTwiceIsRefused) {
+  // Stepped twice, and raced over by the multi-tensor kernels: PyTorch refuses it too.
+  Tensor a = param({1.0, 2.0}), b = param({3.0});
+  tandem::testing::expect_invalid([&] { SGD({a, b, a}, {.lr = 0.1}); },
+                                  {"[Optimizer]", "each parameter once", "index 2 of group 0", "first at index 0 of group 0"});
+  tandem::testing::expect_invalid(
+      [&] {
+        SGD(std::vector<ParamGroup>{{.params = {a}, .lr = std::nullopt, .weight_decay = std::nullopt},
+                                    {.params = {b, a}, .lr = std::nullopt, .weight_decay = std::nullopt}},
+            {.lr = 0.1});
+      },
+      {"index 1 of group 1", "first at index 0 of group 0"});
+  Tensor same = a;  // another handle of the same tensor
+  EXPECT_THROW(SGD({a, same}, {.lr = 0.1}), std::invalid_argument);
+  EXPECT_NO_THROW(SGD({a, b}, {.lr = 0.1}));
+}
+
 TEST(SGD, UnsupportedDtypeNamesOpDeviceAndDtype) {
   Tensor p = param({1.0, 2.0});
   SGD opt({p}, {.lr = 0.1});

@@ -27,7 +27,10 @@ std::string to_json(const MetricRecord& record) {
         },
         value);
   }
-  return j.dump();
+  // Strings may come from data (a language model's sample is bytes of the training
+  // text, not necessarily whole UTF-8 characters): invalid UTF-8 becomes U+FFFD
+  // instead of an exception after the run.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 MetricsWriter::MetricsWriter(const std::string& path, bool append)

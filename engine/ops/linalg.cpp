@@ -31,9 +31,10 @@ void check_operands(const char* op, const Tensor& a, const Tensor& b, const char
   if (!is_floating(a.dtype())) throw_unsupported(op, a.device(), a.dtype());
 }
 
-/// Runs out = op(a)·op(b) (+ out when `accumulate`) for 2-D operands, or 3-D operands
+/// Runs out = alpha·op(a)·op(b) (+ out when `accumulate`) for 2-D operands, or 3-D operands
 /// with one batch dim, all contiguous. Shapes are checked by the callers.
-void gemm_into(const Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, bool accumulate) {
+void gemm_into(const Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, bool accumulate,
+               double alpha = 1.0) {
   const int64_t batch = a.dim() == 3 ? a.size(0) : 1;
   const int64_t a_rows = a.size(-2), a_cols = a.size(-1);
   const int64_t b_rows = b.size(-2), b_cols = b.size(-1);
@@ -45,12 +46,12 @@ void gemm_into(const Tensor& out, const Tensor& a, bool trans_a, const Tensor& b
   dispatch_device(
       "matmul", a.device(),
       [&] {
-        kernels::cpu::gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, 1.0, a.data_ptr(), a_cols, stride_a,
+        kernels::cpu::gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, alpha, a.data_ptr(), a_cols, stride_a,
                                            b.data_ptr(), b_cols, stride_b, accumulate, out.data_ptr(), n, stride_c,
                                            batch);
       },
       [&](auto) {
-        kernels::cuda::gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, 1.0, a.data_ptr(), a_cols, stride_a,
+        kernels::cuda::gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, alpha, a.data_ptr(), a_cols, stride_a,
                                             b.data_ptr(), b_cols, stride_b, accumulate, out.data_ptr(), n, stride_c,
                                             batch, cuda_stream(a.device()));
       });
@@ -250,8 +251,10 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   out_shape.back() = e_v;
   Tensor out = Tensor::empty(out_shape, like);
   if (p.numel() > 0) {
-    gemm_into(p, q3, false, k3, /*trans_b=*/true, false);  // scores q·kᵀ
-    attention_softmax(p, p, /*backward=*/false, t_q, t_k, s, is_causal);
+    // Scaled scores s·q·kᵀ: scaling inside the GEMM keeps f16 scores sqrt(E) further
+    // from overflow than scaling after it (as PyTorch's math path scales q and k first).
+    gemm_into(p, q3, false, k3, /*trans_b=*/true, false, /*alpha=*/s);
+    attention_softmax(p, p, /*backward=*/false, t_q, t_k, 1.0, is_causal);
     gemm_into(as3(out), p, false, v3, false, false);
   }
 

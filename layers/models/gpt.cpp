@@ -159,6 +159,10 @@ std::vector<int64_t> GPT::generate(const std::vector<int64_t>& prompt, const Gen
     }
     const int64_t t = logits.size(1);
     const std::vector<double> last = logits.narrow(1, t - 1, 1).to(DType::kF64).to_vector<double>();
+    for (size_t v = 0; v < last.size(); ++v)
+      if (!std::isfinite(last[v]))
+        throw std::runtime_error("[GPT::generate] expected finite logits, got " + std::to_string(last[v]) +
+                                 " for token " + std::to_string(v) + " at position " + std::to_string(tokens.size()));
     const auto best = static_cast<int64_t>(std::max_element(last.begin(), last.end()) - last.begin());
     if (options.temperature == 0.0) {
       tokens.push_back(best);

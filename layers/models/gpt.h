@@ -103,10 +103,12 @@ class GPT : public Module {
   /// Continues `prompt` (token ids, at least one) by max_new_tokens tokens, each drawn
   /// from the softmax of the last position's logits as `options` says, with the last
   /// block_size tokens as context. Keys and values are cached while the sequence fits in
-  /// block_size (one position's work per new token); past that the window slides and
-  /// every token re-runs the window (positions are absolute). Runs without gradients in
-  /// eval mode on the model's device and restores the training mode. Returns the prompt
-  /// followed by the new tokens.
+  /// block_size (one position's work per new token); past that the window slides, its
+  /// tokens take positions 0..block_size-1 again (as nanoGPT's crop), which a cache of
+  /// absolute-position keys cannot follow, so every token re-runs the window. Runs
+  /// without gradients in eval mode on the model's device and restores the training
+  /// mode; non-finite logits are a std::runtime_error. Returns the prompt followed by
+  /// the new tokens.
   std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const GenerateOptions& options = {});
 
   /// The blocks, a Sequential: set_checkpoint_segments() on it recomputes them in backward.

@@ -48,7 +48,18 @@ if(TARGET tandem-train)
   add_test(NAME tandem_train_gpt_text_ddp_local
     COMMAND ${check} 0 "\"world_size\":2.*\"test_acc\":0\\.[89].*quick brown fox" -- $<TARGET_FILE:tandem-train>
       ${gpt_flags} --batch-size 8 --strategy ddp --backend local --devices 2 --precision bf16 --grad-checkpoint)
-  set_tests_properties(tandem_train_gpt_text_cpu tandem_train_gpt_text_ddp_local PROPERTIES LABELS "cpu;app")
+  # Tokens are bytes: a UTF-8 text whose test split starts inside a character (byte 911
+  # of 1013 is the second byte of an "é") samples bytes that are not valid UTF-8; the
+  # JSON line must still be written (with U+FFFD for them).
+  string(REPEAT "é" 505 accents)
+  set(utf8_text ${CMAKE_CURRENT_BINARY_DIR}/utf8_split_mid_character.txt)
+  file(WRITE ${utf8_text} "ab${accents}\n")
+  add_test(NAME tandem_train_gpt_text_utf8
+    COMMAND ${check} 0 "\"sample\":\"" -- $<TARGET_FILE:tandem-train> --model gpt-mini --dataset text
+      --data ${utf8_text} --n-layer 1 --n-head 1 --n-embd 16 --block-size 16 --batch-size 16 --epochs 1
+      --sample-tokens 50 --device cpu)
+  set_tests_properties(tandem_train_gpt_text_cpu tandem_train_gpt_text_ddp_local tandem_train_gpt_text_utf8
+    PROPERTIES LABELS "cpu;app")
 
   set(bad_flags
     "epochs_zero|--epochs 0|--epochs: expected a value > 0, got 0"
