@@ -43,9 +43,10 @@ Tensor CausalSelfAttention::forward(const Tensor& input, KVCache& cache) {
     throw std::invalid_argument("[CausalSelfAttention] expected one new position per sequence after the cached " +
                                 std::to_string(cache.size()) + " (batch " + std::to_string(cache.k.size(0)) + "), got " +
                                 shape_str(input.shape()));
-  // (B, T, 3C) -> (3, B, H, T, D) in one copy; q, k and v are then views along dim 0.
-  Tensor qkv = permute(reshape(c_attn_->forward(input), {b, t, 3, h, d}), {2, 0, 3, 1, 4});
-  const auto part = [&](int64_t i) { return reshape(narrow(qkv, 0, i, 1), {b, h, t, d}); };
+  // (B, T, 3C) -> (3, B, H, T, D) in one copy; q, k and v are then views along dim 0
+  // (chunk: one backward node that concatenates their gradients).
+  const std::vector<Tensor> qkv = chunk(permute(reshape(c_attn_->forward(input), {b, t, 3, h, d}), {2, 0, 3, 1, 4}), 3);
+  const auto part = [&](int64_t i) { return reshape(qkv[static_cast<size_t>(i)], {b, h, t, d}); };
   Tensor k = part(1), v = part(2);
   if (cached) {
     k = cat({cache.k, k}, 2);

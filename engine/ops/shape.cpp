@@ -324,7 +324,14 @@ std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
   if (n == 0) return {narrow(x, d, 0, 0)};
   const int64_t piece = (n + chunks - 1) / chunks;
   std::vector<Tensor> pieces;
-  for (int64_t start = 0; start < n; start += piece) pieces.push_back(narrow(x, d, start, std::min(piece, n - start)));
+  {
+    // The pieces share one backward node: their gradients are concatenated once,
+    // instead of each narrow scattering into a zero-filled tensor of x's shape to be
+    // summed (three full-size buffers and two additions for a q/k/v split).
+    autograd::NoGradGuard no_grad;
+    for (int64_t start = 0; start < n; start += piece) pieces.push_back(narrow(x, d, start, std::min(piece, n - start)));
+  }
+  autograd::record("chunk", {x}, pieces, [d](std::vector<Tensor>& grads) { return std::vector<Tensor>{cat(grads, d)}; });
   return pieces;
 }
 

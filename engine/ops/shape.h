@@ -27,7 +27,8 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 /// Concatenates along `dim`; all other extents, dtypes and devices must agree.
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim = 0);
-/// Splits into `chunks` pieces of ceil(n/chunks) along `dim` (the last may be smaller; fewer pieces when n < chunks).
+/// Splits into `chunks` pieces of ceil(n/chunks) along `dim` (the last may be smaller; fewer pieces when n < chunks),
+/// views of x where narrow gives views; one backward node concatenates their gradients.
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);
 
 }  // namespace tandem
