@@ -36,7 +36,7 @@ CharText::CharText(const std::string& path, Split split, const CharTextOptions& 
   byte_to_id_.assign(256, -1);
   for (int b = 0; b < 256; ++b) {
     if (!present[b]) continue;
-    byte_to_id_[static_cast<size_t>(b)] = static_cast<int64_t>(vocabulary_.size());
+    byte_to_id_[static_cast<size_t>(b)] = static_cast<int16_t>(vocabulary_.size());
     vocabulary_.push_back(static_cast<char>(b));
   }
 
@@ -44,7 +44,8 @@ CharText::CharText(const std::string& path, Split split, const CharTextOptions& 
   const auto n_train = static_cast<int64_t>(static_cast<double>(n) * (1.0 - options_.val_fraction));
   const int64_t begin = split == Split::kTrain ? 0 : n_train, end = split == Split::kTrain ? n_train : n;
   tokens_.reserve(static_cast<size_t>(end - begin));
-  for (int64_t i = begin; i < end; ++i) tokens_.push_back(byte_to_id_[static_cast<unsigned char>(text[static_cast<size_t>(i)])]);
+  for (int64_t i = begin; i < end; ++i)
+    tokens_.push_back(static_cast<uint8_t>(byte_to_id_[static_cast<unsigned char>(text[static_cast<size_t>(i)])]));
   const auto count = static_cast<int64_t>(tokens_.size());
   if (count < options_.block_size + 1)
     throw std::invalid_argument("[CharText] expected the " + std::string(split == Split::kTrain ? "training" : "test") +
@@ -65,7 +66,7 @@ void CharText::gather(std::span<const int64_t> indices, Batch& out) const {
     if (i < 0 || i >= size_)
       throw std::out_of_range("[CharText] expected sample index in [0, " + std::to_string(size_) + "), got " +
                               std::to_string(i));
-    const int64_t* start = tokens_.data() + i * options_.stride;
+    const uint8_t* start = tokens_.data() + i * options_.stride;
     std::copy(start, start + block, x + static_cast<int64_t>(r) * block);
     std::copy(start + 1, start + 1 + block, y + static_cast<int64_t>(r) * block);
   }

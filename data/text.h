@@ -44,15 +44,15 @@ class CharText : public Dataset {
   std::vector<int64_t> encode(const std::string& text) const;
   /// The text of token ids (each in [0, vocab_size)).
   std::string decode(const std::vector<int64_t>& tokens) const;
-  /// This split's tokens in order.
-  const std::vector<int64_t>& tokens() const { return tokens_; }
+  /// This split's tokens in order (ids < 256: one byte each, whatever the split's size).
+  const std::vector<uint8_t>& tokens() const { return tokens_; }
   const CharTextOptions& options() const { return options_; }
 
  private:
   CharTextOptions options_;
   std::string vocabulary_;          // token id -> byte
-  std::vector<int64_t> byte_to_id_;  // byte -> token id, -1 if absent
-  std::vector<int64_t> tokens_;
+  std::vector<int16_t> byte_to_id_;  // byte -> token id, -1 if absent
+  std::vector<uint8_t> tokens_;
   int64_t size_ = 0;
 };
 

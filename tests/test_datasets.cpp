@@ -351,7 +351,7 @@ TEST(CharText, VocabularySplitAndShiftedWindows) {
 
   CharText test(path, Split::kTest, {.block_size = 3});
   EXPECT_EQ(test.vocab_size(), 7);
-  EXPECT_EQ(test.decode(test.tokens()), "z\nq!");
+  EXPECT_EQ(test.decode({test.tokens().begin(), test.tokens().end()}), "z\nq!");
   EXPECT_EQ(test.size(), 1);
 }
 
