@@ -31,15 +31,10 @@ if(TARGET tandem-train)
       --model mlp --dataset synthetic --synthetic-samples 256 --batch-size 64 --epochs 1 --tf32 --device cpu)
   set_tests_properties(tandem_train_tf32_flag PROPERTIES LABELS "cpu;app")
 
-  # A character-level GPT on a generated text (400 numbered lines of one sentence): it
+  # A character-level GPT on TANDEM_TEST_TEXT (400 numbered lines of one sentence): it
   # learns the sentence in three epochs, alone and as two DDP ranks (local backend, bf16,
   # activation checkpointing), and greedy sampling writes it back.
-  set(fox_text ${CMAKE_CURRENT_BINARY_DIR}/quick_brown_fox.txt)
-  set(text "")
-  foreach(i RANGE 399)
-    string(APPEND text "line ${i}: the quick brown fox jumps over the lazy dog.\n")
-  endforeach()
-  file(WRITE ${fox_text} "${text}")
+  set(fox_text ${TANDEM_TEST_TEXT})
   set(gpt_flags --model gpt-mini --dataset text --data ${fox_text} --n-layer 2 --n-head 2 --n-embd 64 --block-size 64
     --optimizer adamw --lr 3e-3 --epochs 3 --temperature 0 --sample-tokens 120 --device cpu)
   add_test(NAME tandem_train_gpt_text_cpu
