@@ -1,8 +1,8 @@
 // Training end to end on the GPU: the Trainer on CUDA against the same run on the
 // CPU, no cudaMalloc once a training loop is warm (fp32, bf16, fp16 with the scaler;
-// SGD and AdamW; MLP, CNN, ResNet-18, GPT), a GPT's AdamW steps on CUDA against the
-// CPU, and tandem-train itself on Fashion-MNIST with
-// every strategy and precision one GPU can run (the README's main job).
+// SGD and AdamW; MLP, CNN, ResNet-18, GPT), a GPT's AdamW steps and generation on CUDA
+// against the CPU, and tandem-train itself on Fashion-MNIST with every strategy and
+// precision one GPU can run (the README's main job), and on a text.
 #include <sys/wait.h>
 
 #include <cmath>
@@ -20,6 +20,7 @@
 
 #include "data/dataset.h"
 #include "engine/autocast.h"
+#include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"
 #include "engine/random.h"
@@ -227,6 +228,28 @@ TEST(CudaTraining, GptAdamWStepsMatchTheCpuAndStayInTheCache) {
     EXPECT_LE(tandem::testing::relative_error(pg[i].second.cpu(), pc[i].second), 1e-4) << pg[i].first;
 }
 
+TEST(CudaTraining, GptGenerationOnTheGpuMatchesTheCpu) {
+  // Greedy decoding in f64 with random weights (no near-ties): the cached steps, then
+  // the sliding window past block_size 16, give the CPU's tokens.
+  TANDEM_REQUIRE_CUDA();
+  manual_seed(8);
+  nn::models::GPT on_cpu({.vocab_size = 40, .block_size = 16, .n_layer = 2, .n_head = 4, .n_embd = 32});
+  on_cpu.to(DType::kF64);
+  {
+    autograd::NoGradGuard no_grad;
+    uint64_t seed = 70;
+    for (auto& [name, p] : on_cpu.named_parameters()) p.copy_(random_tensor(p.shape(), seed++, DType::kF64));
+  }
+  auto on_gpu = std::dynamic_pointer_cast<nn::models::GPT>(on_cpu.clone());
+  on_gpu->to(kGpu);
+  const nn::models::GenerateOptions greedy{.max_new_tokens = 24, .temperature = 0.0};
+  const std::vector<int64_t> prompt{3, 14, 15, 9, 2};
+  EXPECT_EQ(on_gpu->generate(prompt, greedy), on_cpu.generate(prompt, greedy));
+  // Seeded sampling draws from the same distribution with the same generator.
+  const nn::models::GenerateOptions sampled{.max_new_tokens = 24, .temperature = 1.0, .top_k = 10, .seed = 5};
+  EXPECT_EQ(on_gpu->generate(prompt, sampled), on_cpu.generate(prompt, sampled));
+}
+
 // ---- tandem-train on the GPU -----------------------------------------------------------------
 
 struct TrainRun {
@@ -237,11 +260,12 @@ struct TrainRun {
 
 /// Runs tandem-train with `args` on Fashion-MNIST (stdout and stderr together, at most
 /// `timeout_s` seconds) and parses its JSON summary.
-TrainRun tandem_train(const std::string& args, int timeout_s = 120) {
+TrainRun tandem_train(const std::string& args, int timeout_s = 120,
+                      const std::string& data = TANDEM_FASHION_MNIST_DIR) {
   const std::string binary = std::string(TANDEM_BINARY_DIR) + "/apps/tandem-train";
   TrainRun run;
-  const std::string command = "timeout " + std::to_string(timeout_s) + " '" + binary + "' --data '" +
-                              TANDEM_FASHION_MNIST_DIR + "' " + args + " 2>&1";
+  const std::string command =
+      "timeout " + std::to_string(timeout_s) + " '" + binary + "' --data '" + data + "' " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return run;
   char buffer[4096];
@@ -304,6 +328,20 @@ TEST_P(CudaTandemTrain, TrainsOnTheGpu) {
   const TrainRun run = tandem_train(c.args);
   expect_trained(run, c.min_acc);
   for (const auto& [key, value] : c.expect.items()) EXPECT_EQ(run.result[key], value) << key;
+}
+
+TEST(CudaTraining, TandemTrainGptOnTextInBf16) {
+  // The CPU ctest tandem_train_gpt_text_cpu's run, on the GPU in bf16 with the cached
+  // sampling at the end: it learns the generated text's sentence and writes it back.
+  REQUIRE_TANDEM_TRAIN();
+  const std::string text = std::string(TANDEM_BINARY_DIR) + "/tests/quick_brown_fox.txt";
+  if (!std::filesystem::exists(text)) GTEST_SKIP() << text << " not generated (configure the tests)";
+  const TrainRun run = tandem_train(
+      "--model gpt-mini --dataset text --n-layer 2 --n-head 2 --n-embd 64 --block-size 64 --batch-size 16 "
+      "--optimizer adamw --lr 3e-3 --epochs 3 --temperature 0 --sample-tokens 120 --device cuda --precision bf16",
+      120, text);
+  expect_trained(run, 0.8);
+  EXPECT_NE(run.result["sample"].get<std::string>().find("quick brown fox"), std::string::npos) << run.result.dump();
 }
 
 INSTANTIATE_TEST_SUITE_P(
