@@ -43,6 +43,14 @@ if(TANDEM_BUILD_BENCH)
         --backend local --json '' --csv '')
   set_tests_properties(tandem_bench_strategies_local PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
 
+  # The GPTs' token batches through every strategy: single, DataParallel (scattering
+  # int64 sequences) and DDP, on gpt-mini with 2 sequences per step.
+  add_test(NAME tandem_bench_strategies_gpt
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 0 "ddp x2 +2 +1 "
+      -- $<TARGET_FILE:tandem-bench> strategies --model gpt-mini --global-batch 2 --devices 2 --steps 1 --warmup 1
+        --backend local --json '' --csv '')
+  set_tests_properties(tandem_bench_strategies_gpt PROPERTIES LABELS "cpu;bench" TIMEOUT 120)
+
   # The emulated device (--emulate-step-ms): ranks wait instead of computing, and the
   # 2-rank row carries the model's prediction from the 1-rank profile.
   set(bench_json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_scaling_emulated.json)
