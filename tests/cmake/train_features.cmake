@@ -60,6 +60,13 @@ if(TARGET tandem-train)
       COMMAND ${kill} ${work}/kill_ddp 140 -- ${tt} ${long} --strategy ddp --devices 2)
     set_tests_properties(tandem_train_killed_and_resumed_ddp PROPERTIES LABELS "cpu;app" TIMEOUT 300)
   endif()
+  # A GPT on text with dropout, AdamW and a cosine schedule, killed in epoch 3 of 4: the
+  # resumed run's metrics and its sampled text equal the uninterrupted run's.
+  add_test(NAME tandem_train_killed_and_resumed_gpt_text
+    COMMAND ${kill} ${work}/kill_gpt 50 -- ${tt} --model gpt-mini --dataset text --data ${TANDEM_TEST_TEXT}
+      --n-layer 2 --n-head 2 --n-embd 32 --block-size 64 --batch-size 16 --dropout 0.1 --optimizer adamw --lr 3e-3
+      --schedule cosine --warmup-steps 10 --epochs 4 --checkpoint-every 10 --sample-tokens 60 --device cpu)
+  set_tests_properties(tandem_train_killed_and_resumed_gpt_text PROPERTIES LABELS "cpu;app" TIMEOUT 300)
   # The issue's acceptance as stated: the CNN on Fashion-MNIST, 4 epochs, killed in epoch 3.
   add_test(NAME tandem_train_killed_and_resumed_cnn_fashion_mnist
     COMMAND ${kill} ${work}/kill_fmnist 1100 -- ${tt} --model cnn --epochs 4 --device cpu
