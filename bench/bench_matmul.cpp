@@ -1,6 +1,7 @@
 // Matrix-product benchmarks: matmul, and linear forward + backward, for the layer
-// shapes of the 784-256-10 MLP at batch 128 and for square 1024/2048/4096 matrices;
-// CPU (FLOP/s) and, when a device is present, CUDA (TFLOP/s, event-timed).
+// shapes of the 784-256-10 MLP at batch 128 and for square 1024/2048/4096 matrices, and
+// causal scaled dot-product attention forward + backward at GPT shapes; CPU (FLOP/s)
+// and, when a device is present, CUDA (TFLOP/s, event-timed).
 #include <cstdint>
 #include <functional>
 
@@ -54,6 +55,33 @@ struct LinearSetup {
   }
 };
 
+// Causal attention of (batch·heads, T, D) queries, keys and values, forward + backward:
+// the scores and ·v products forward, four products backward, 2·T²·D each per sequence
+// (counted in full: the masked half is computed too), softmax passes not counted.
+struct AttentionSetup {
+  Tensor q, k, v, grad_out;
+
+  AttentionSetup(int64_t bh, int64_t t, int64_t d, const TensorOptions& options) {
+    const TensorOptions f32 = {.device = options.device};
+    for (Tensor* x : {&q, &k, &v}) {
+      *x = randn({bh, t, d}, f32).to(options.dtype);
+      x->set_requires_grad(true);
+    }
+    grad_out = randn({bh, t, d}, f32).to(options.dtype);
+  }
+
+  void step() {
+    for (Tensor* x : {&q, &k, &v}) x->set_grad(Tensor());
+    scaled_dot_product_attention(q, k, v, /*is_causal=*/true).backward(grad_out);
+  }
+};
+
+double attention_flops(const benchmark::State& state) {
+  const auto bh = static_cast<double>(state.range(0)), t = static_cast<double>(state.range(1)),
+             d = static_cast<double>(state.range(2));
+  return 6.0 * 2.0 * bh * t * t * d;
+}
+
 void apply_shapes(benchmark::internal::Benchmark* b, bool with_4096) {
   b->ArgNames({"M", "K", "N", "dx"});
   for (const GemmShape& s : {kMlpLayer1, kMlpLayer2}) b->Args({s.m, s.k, s.n, s.input_grad});
@@ -77,6 +105,12 @@ void cpu_linear(benchmark::State& state) {
   set_cpu_flops(state, linear_flops(s));
 }
 
+void cpu_attention(benchmark::State& state) {
+  AttentionSetup setup(state.range(0), state.range(1), state.range(2), {});
+  for (auto _ : state) setup.step();
+  set_cpu_flops(state, attention_flops(state));
+}
+
 void register_cpu() {
   // 4096³ takes about half a second per product on 2 cores: matmul runs it once, linear
   // (3 GEMMs) not at all.
@@ -91,6 +125,11 @@ void register_cpu() {
   cpu_settings(
       benchmark::RegisterBenchmark(bench_name("cpu", "linear_fwd_bwd", DType::kF32).c_str(), guarded(cpu_linear)))
       ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, false); });
+  // gpt-mini's attention at batch 8: 8 x 6 heads of 256 positions x 64.
+  cpu_settings(benchmark::RegisterBenchmark(bench_name("cpu", "attention_causal_fwd_bwd", DType::kF32).c_str(),
+                                            guarded(cpu_attention)))
+      ->ArgNames({"BH", "T", "D"})
+      ->Args({48, 256, 64});
 }
 
 // ---- CUDA ------------------------------------------------------------------------------
@@ -114,6 +153,11 @@ void cuda_linear(benchmark::State& state, DType dtype) {
       state, linear_flops(s), [&] { setup.step(); }, inner_calls(linear_flops(s)));
 }
 
+void cuda_attention(benchmark::State& state, DType dtype) {
+  AttentionSetup setup(state.range(0), state.range(1), state.range(2), {.dtype = dtype, .device = Device::cuda(0)});
+  run_cuda_flops(state, attention_flops(state), [&] { setup.step(); });
+}
+
 void register_cuda() {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "matmul", dtype).c_str(),
@@ -122,6 +166,12 @@ void register_cuda() {
     cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "linear_fwd_bwd", dtype).c_str(),
                                                guarded([dtype](benchmark::State& s) { cuda_linear(s, dtype); })))
         ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, true); });
+    // GPT-2 small's attention at batch 8 (8 x 12 heads of 1024 x 64), and gpt-mini's.
+    cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "attention_causal_fwd_bwd", dtype).c_str(),
+                                               guarded([dtype](benchmark::State& s) { cuda_attention(s, dtype); })))
+        ->ArgNames({"BH", "T", "D"})
+        ->Args({96, 1024, 64})
+        ->Args({48, 256, 64});
   }
 }
 
