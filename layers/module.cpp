@@ -4,6 +4,7 @@
 #include <map>
 #include <stdexcept>
 #include <typeinfo>
+#include <unordered_set>
 
 #include "engine/autograd.h"
 #include "engine/random.h"
@@ -146,13 +147,24 @@ void Module::add_child(const std::string& name, std::shared_ptr<Module> module) 
   children_.emplace_back(name, std::move(module));
 }
 
-std::vector<std::pair<std::string, Tensor>> Module::named_parameters(bool recurse) const {
+std::vector<std::pair<std::string, Tensor>> Module::all_named_parameters(bool recurse) const {
   std::vector<std::pair<std::string, Tensor>> out(parameters_.begin(), parameters_.end());
   if (recurse) {
     for (const auto& [child_name, child] : children_) {
-      for (auto& [name, t] : child->named_parameters(true)) out.emplace_back(join(child_name, name), t);
+      for (auto& [name, t] : child->all_named_parameters(true)) out.emplace_back(join(child_name, name), t);
     }
   }
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters(bool recurse) const {
+  // A tensor registered under two names (tied weights, a shared submodule) is one
+  // parameter: listed once, under its first name, as torch's named_parameters() does,
+  // so optimizers and DDP step and reduce it once.
+  std::vector<std::pair<std::string, Tensor>> out;
+  std::unordered_set<const TensorImpl*> seen;
+  for (auto& entry : all_named_parameters(recurse))
+    if (seen.insert(entry.second.impl()).second) out.push_back(std::move(entry));
   return out;
 }
 
@@ -255,7 +267,7 @@ StateDict Module::state_dict() const {
 }
 
 void Module::load_state_dict(const StateDict& dict, bool strict) {
-  StateDict own = named_parameters();
+  StateDict own = all_named_parameters(true);  // every name, as state_dict() lists them
   StateDict own_buffers = named_buffers();
   own.insert(own.end(), own_buffers.begin(), own_buffers.end());  // live tensors, not state_dict()'s detached copies
   std::map<std::string, const Tensor*> given;

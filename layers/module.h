@@ -38,7 +38,9 @@ class Module : public std::enable_shared_from_this<Module> {
   // ---- the tree -----------------------------------------------------------------------
   /// Parameters of this module and its descendants, depth first in registration order.
   std::vector<Tensor> parameters(bool recurse = true) const;
-  /// As parameters(), with dotted names ("0.weight", "encoder.fc.bias").
+  /// As parameters(), with dotted names ("0.weight", "encoder.fc.bias"). A tensor
+  /// registered under several names (tied weights) appears once, under the first;
+  /// state_dict() keeps every name.
   std::vector<std::pair<std::string, Tensor>> named_parameters(bool recurse = true) const;
   std::vector<Tensor> buffers(bool recurse = true) const;
   std::vector<std::pair<std::string, Tensor>> named_buffers(bool recurse = true) const;
@@ -104,6 +106,8 @@ class Module : public std::enable_shared_from_this<Module> {
   void copy_state_from(const Module& source);
 
  private:
+  /// named_parameters() without removing repeated tensors (state_dict's names).
+  std::vector<std::pair<std::string, Tensor>> all_named_parameters(bool recurse) const;
   void check_new_name(const std::string& name, const char* what) const;
   template <class F>
   void for_each_tensor(F&& f);  // every parameter and buffer of the tree, in place

@@ -61,7 +61,7 @@ void Optimizer::add_param_group(ParamGroup group) {
     if (!added)
       throw std::invalid_argument("[Optimizer] expected each parameter once, got the tensor at " +
                                   where(groups_.size(), i) + " again (first at " + it->second +
-                                  "); a module that holds a tensor twice lists it twice in parameters()");
+                                  "); Module::parameters() lists a tensor held under two names once");
   }
   groups_.push_back(std::move(group));
 }

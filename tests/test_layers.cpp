@@ -83,6 +83,43 @@ TEST(Module, NamedParametersOrderAndDottedNames) {
   for (const Tensor& b : m.buffers()) EXPECT_FALSE(b.requires_grad());
 }
 
+namespace {
+
+/// An embedding and an output head that share one weight, nanoGPT-style: the head
+/// registers the embedding's tensor as its own parameter.
+class TiedModel : public Module {
+ public:
+  TiedModel() {
+    emb = register_module("emb", std::make_shared<Embedding>(7, 3));
+    head = register_module("head", std::make_shared<Linear>(3, 7, false));
+    tied = head->register_parameter("tied", emb->weight());
+  }
+  Tensor forward(const Tensor& idx) override { return linear(emb->forward(idx), tied); }
+  std::shared_ptr<Embedding> emb;
+  std::shared_ptr<Linear> head;
+  Tensor tied;
+};
+
+}  // namespace
+
+TEST(Module, ATensorRegisteredTwiceIsOneParameterButTwoStateEntries) {
+  TiedModel m;
+  EXPECT_EQ(names_of(m.named_parameters()), (std::vector<std::string>{"emb.weight", "head.weight"}));
+  EXPECT_EQ(m.num_parameters(), 7 * 3 + 7 * 3);  // the tied tensor counted once
+  StateDict sd = m.state_dict();
+  ASSERT_EQ(sd.size(), 3u);
+  EXPECT_EQ(sd[2].first, "head.tied");
+  EXPECT_NO_THROW(m.load_state_dict(sd));  // strict: every name is the module's
+  // An optimizer over parameters() steps the tied tensor once (it refuses duplicates).
+  optim::SGD opt(m.parameters(), {.lr = 0.1});
+  Tensor idx = Tensor::from_vector(std::vector<int64_t>{1, 4}, {2});
+  const Tensor before = m.emb->weight().detach().clone();
+  sum(m(idx)).backward();
+  const Tensor grad = m.emb->weight().grad().clone();
+  opt.step();
+  EXPECT_TRUE(all_close(m.emb->weight(), sub(before, mul(grad, 0.1)), 1e-6, 1e-6));
+}
+
 TEST(Module, RegistrationErrors) {
   Block b;
   try {
