@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -289,6 +291,44 @@ TEST(Trainer, ResumeAutoContinuesLikeTheUninterruptedRun) {
   EXPECT_EQ(resumed.global_step(), 8);
   resumed.fit();
   EXPECT_EQ(resumed.history().size(), 3u);
+  expect_params(params_of(*b), params_of(*straight), 0.0, "resumed vs straight");
+}
+
+/// A validation set whose every batch fails: a run over it dies at its first epoch end.
+class FailingDataset : public data::TensorDataset {
+ public:
+  using data::TensorDataset::TensorDataset;
+  void gather(std::span<const int64_t>, data::Batch&) const override {
+    throw std::runtime_error("validation data unavailable");
+  }
+};
+
+TEST(Trainer, ResumeFromAStepCheckpointAtTheEpochsLastBatchFinishesThatEpoch) {
+  // every_steps 8 divides the 8-step epoch: the step checkpoint of step 8 is written at
+  // the last batch, before validation and the epoch-end checkpoint. A run that dies in
+  // between (here: its validation data fails) leaves that step checkpoint, with every
+  // batch of epoch 1 handed out; resuming must finish epoch 1, not replay a whole epoch.
+  TempDir dir;
+  auto train = dataset(11), val = dataset(12, 8);
+  auto straight = mlp(0.2);
+  Trainer(base_config(), straight, train, val).fit();  // 2 epochs, 16 steps
+
+  TrainerConfig c = base_config();
+  c.checkpoint.dir = dir.path().string();
+  c.checkpoint.every_steps = 8;
+  const Tensor x = tandem::testing::random_tensor({8, 12}, 12, DType::kF32, Device::cpu(), -1.0, 1.0);
+  auto failing = std::make_shared<FailingDataset>(x, tandem::testing::random_indices({8}, 5, 13));
+  auto a = mlp(0.2);
+  EXPECT_THROW(Trainer(c, a, train, failing).fit(), std::runtime_error);
+  ASSERT_TRUE(std::filesystem::exists(dir.path() / "ckpt-8.tck"));
+
+  c.checkpoint.resume = "auto";
+  auto b = mlp(0.2);
+  Trainer resumed(c, b, train, val);
+  EXPECT_EQ(resumed.global_step(), 8);
+  resumed.fit();
+  EXPECT_EQ(resumed.global_step(), 16) << "epoch 1 replayed";
+  ASSERT_EQ(resumed.history().size(), 2u);
   expect_params(params_of(*b), params_of(*straight), 0.0, "resumed vs straight");
 }
 

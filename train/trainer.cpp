@@ -451,92 +451,97 @@ const std::vector<EpochMetrics>& Trainer::fit() {
     const auto epoch_start = Clock::now();
     int64_t in_group = 0;  // micro-batches accumulated toward the next step
     auto data_start = Clock::now();
-    for (data::Batch& batch : *m.train_loader) {
-      const int64_t position = m.train_loader->position();  // 1-based index of this micro-batch
-      data_ms += ms_since(data_start);
-      ++in_group;
-      const bool last_of_epoch = position == micro_total;
-      const bool sync_step = in_group == cfg.accumulate || last_of_epoch;
-      Tensor loss;
-      try {
-        auto t = Clock::now();
-        {
-          std::optional<comm::DistributedDataParallel::NoSyncGuard> no_sync;
-          if (m.ddp && !sync_step) no_sync.emplace(*m.ddp);
+    // A step checkpoint taken at the epoch's last batch (checkpoint.every_steps dividing
+    // the epoch) resumes with every batch handed out: straight to the epoch's end, where
+    // the loader's begin() would start the next epoch's batches as this one's.
+    if (m.train_loader->position() < micro_total) {
+      for (data::Batch& batch : *m.train_loader) {
+        const int64_t position = m.train_loader->position();  // 1-based index of this micro-batch
+        data_ms += ms_since(data_start);
+        ++in_group;
+        const bool last_of_epoch = position == micro_total;
+        const bool sync_step = in_group == cfg.accumulate || last_of_epoch;
+        Tensor loss;
+        try {
+          auto t = Clock::now();
           {
-            AutocastGuard autocast(cfg.precision.amp_dtype, amp);
-            loss = prediction_loss(m.net->forward(batch.input), batch.target);
+            std::optional<comm::DistributedDataParallel::NoSyncGuard> no_sync;
+            if (m.ddp && !sync_step) no_sync.emplace(*m.ddp);
+            {
+              AutocastGuard autocast(cfg.precision.amp_dtype, amp);
+              loss = prediction_loss(m.net->forward(batch.input), batch.target);
+            }
+            phase_end();
+            fwd_ms += ms_since(t);
+            t = Clock::now();
+            Tensor scaled = m.scaler->scale(cfg.accumulate > 1 ? mul(loss, scalar_tensor(1.0 / cfg.accumulate, {.dtype = loss.dtype(), .device = loss.device()})) : loss);
+            scaled.backward();
+            phase_end();
+            const double b = ms_since(t);
+            const double exposed = (m.ddp && sync_step) ? m.ddp->last_iteration_stats().exposed_comm_s * 1e3 : 0.0;
+            bwd_ms += b - exposed;
+            comm_ms += exposed;
           }
-          phase_end();
-          fwd_ms += ms_since(t);
-          t = Clock::now();
-          Tensor scaled = m.scaler->scale(cfg.accumulate > 1 ? mul(loss, scalar_tensor(1.0 / cfg.accumulate, {.dtype = loss.dtype(), .device = loss.device()})) : loss);
-          scaled.backward();
-          phase_end();
-          const double b = ms_since(t);
-          const double exposed = (m.ddp && sync_step) ? m.ddp->last_iteration_stats().exposed_comm_s * 1e3 : 0.0;
-          bwd_ms += b - exposed;
-          comm_ms += exposed;
-        }
-        if (sync_step) {
-          t = Clock::now();
-          if (cfg.optimizer.clip_grad_norm > 0) {
-            m.scaler->unscale(*m.optimizer);
-            optim::clip_grad_norm(m.params, cfg.optimizer.clip_grad_norm);
+          if (sync_step) {
+            t = Clock::now();
+            if (cfg.optimizer.clip_grad_norm > 0) {
+              m.scaler->unscale(*m.optimizer);
+              optim::clip_grad_norm(m.params, cfg.optimizer.clip_grad_norm);
+            }
+            m.scaler->step(*m.optimizer);
+            m.scaler->update();
+            m.optimizer->zero_grad();
+            if (m.schedule) m.schedule->step();
+            phase_end();
+            opt_ms += ms_since(t);
+            ++steps;
+            ++global_step_;
+            in_group = 0;
           }
-          m.scaler->step(*m.optimizer);
-          m.scaler->update();
-          m.optimizer->zero_grad();
-          if (m.schedule) m.schedule->step();
-          phase_end();
-          opt_ms += ms_since(t);
-          ++steps;
-          ++global_step_;
-          in_group = 0;
+        } catch (const cuda::OutOfMemoryError& e) {
+          throw std::runtime_error(std::string(e.what()) + ". The batch per device is " +
+                                   std::to_string(cfg.strategy.mode == "dp"
+                                                      ? (cfg.batch_size + static_cast<int64_t>(cfg.strategy.devices.size()) - 1) /
+                                                            static_cast<int64_t>(cfg.strategy.devices.size())
+                                                      : cfg.batch_size) +
+                                   " samples: use a smaller batch, or keep the global batch with gradient accumulation "
+                                   "(accumulate > 1), bf16/fp16 precision or activation checkpointing");
         }
-      } catch (const cuda::OutOfMemoryError& e) {
-        throw std::runtime_error(std::string(e.what()) + ". The batch per device is " +
-                                 std::to_string(cfg.strategy.mode == "dp"
-                                                    ? (cfg.batch_size + static_cast<int64_t>(cfg.strategy.devices.size()) - 1) /
-                                                          static_cast<int64_t>(cfg.strategy.devices.size())
-                                                    : cfg.batch_size) +
-                                 " samples: use a smaller batch, or keep the global batch with gradient accumulation "
-                                 "(accumulate > 1), bf16/fp16 precision or activation checkpointing");
-      }
-      samples += batch.target.size(0);  // sequences, for a sequence model
-      if (position % check_every == 0 || last_of_epoch) {
-        last_loss = checked_loss(loss, epoch, position);
-        loss_sum += last_loss;
-        ++loss_count;
-      }
-      progress.update(position, last_loss, batch.target.size(0) * world_size());
-      if (sync_step && cfg.logging.log_every_steps > 0 && global_step_ % cfg.logging.log_every_steps == 0) {
-        // Every rank takes part (the condition is the same on all): the record holds
-        // the epoch-so-far sums and counts of all ranks, not rank 0's alone.
-        std::vector<double> s = {loss_sum, static_cast<double>(loss_count), data_ms, fwd_ms, bwd_ms, comm_ms, opt_ms,
-                                 static_cast<double>(steps)};
-        if (m.group) s = comm::all_reduce_sums(*m.group, s, device_);
-        const double n = std::max(s[7], 1.0);
-        if (m.reporting()) {
-          MetricRecord r = {{"kind", std::string("step")},
-                            {"step", global_step_},
-                            {"epoch", epoch + 1},
-                            {"loss", s[1] > 0 ? s[0] / s[1] : std::nan("")},
-                            {"lr", m.optimizer->lr()},
-                            {"loss_scale", m.scaler->get_scale()},
-                            {"samples_per_s", progress.samples_per_second()},
-                            {"data_ms", s[2] / n},
-                            {"forward_ms", s[3] / n},
-                            {"backward_ms", s[4] / n},
-                            {"comm_ms", s[5] / n},
-                            {"optimizer_ms", s[6] / n}};
-          if (m.jsonl) m.jsonl->write(r);
-          if (m.csv_steps) m.csv_steps->write(r);
+        samples += batch.target.size(0);  // sequences, for a sequence model
+        if (position % check_every == 0 || last_of_epoch) {
+          last_loss = checked_loss(loss, epoch, position);
+          loss_sum += last_loss;
+          ++loss_count;
         }
+        progress.update(position, last_loss, batch.target.size(0) * world_size());
+        if (sync_step && cfg.logging.log_every_steps > 0 && global_step_ % cfg.logging.log_every_steps == 0) {
+          // Every rank takes part (the condition is the same on all): the record holds
+          // the epoch-so-far sums and counts of all ranks, not rank 0's alone.
+          std::vector<double> s = {loss_sum, static_cast<double>(loss_count), data_ms, fwd_ms, bwd_ms, comm_ms, opt_ms,
+                                   static_cast<double>(steps)};
+          if (m.group) s = comm::all_reduce_sums(*m.group, s, device_);
+          const double n = std::max(s[7], 1.0);
+          if (m.reporting()) {
+            MetricRecord r = {{"kind", std::string("step")},
+                              {"step", global_step_},
+                              {"epoch", epoch + 1},
+                              {"loss", s[1] > 0 ? s[0] / s[1] : std::nan("")},
+                              {"lr", m.optimizer->lr()},
+                              {"loss_scale", m.scaler->get_scale()},
+                              {"samples_per_s", progress.samples_per_second()},
+                              {"data_ms", s[2] / n},
+                              {"forward_ms", s[3] / n},
+                              {"backward_ms", s[4] / n},
+                              {"comm_ms", s[5] / n},
+                              {"optimizer_ms", s[6] / n}};
+            if (m.jsonl) m.jsonl->write(r);
+            if (m.csv_steps) m.csv_steps->write(r);
+          }
+        }
+        if (sync_step && cfg.checkpoint.every_steps > 0 && global_step_ % cfg.checkpoint.every_steps == 0)
+          save_step_checkpoint();
+        data_start = Clock::now();
       }
-      if (sync_step && cfg.checkpoint.every_steps > 0 && global_step_ % cfg.checkpoint.every_steps == 0)
-        save_step_checkpoint();
-      data_start = Clock::now();
     }
     if (device_.is_cuda()) cuda::synchronize(device_.index);
     const double seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
