@@ -157,8 +157,8 @@ bool is_gpt(const Config& cfg) { return cfg.model == "gpt-mini" || cfg.model == 
 // The GPT of --model with --block-size/--n-layer/--n-head/--n-embd/--dropout applied
 // (vocab_size is the data set's).
 nn::models::GPTOptions gpt_options(const Config& cfg) {
-  nn::models::GPTOptions o = cfg.model == "gpt2" ? nn::models::GPTOptions::gpt2_small()
-                                                 : nn::models::GPTOptions{.block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384};
+  nn::models::GPTOptions o =
+      cfg.model == "gpt2" ? nn::models::GPTOptions::gpt2_small() : nn::models::GPTOptions::gpt_mini();
   o.block_size = cfg.block_size.value_or(o.block_size);
   o.n_layer = cfg.n_layer.value_or(o.n_layer);
   o.n_head = cfg.n_head.value_or(o.n_head);

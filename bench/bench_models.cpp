@@ -15,7 +15,7 @@ bool is_gpt(const std::string& model) { return model == "gpt-mini" || model == "
 
 nn::models::GPTOptions gpt_options(const std::string& model) {
   if (model == "gpt2") return nn::models::GPTOptions::gpt2_small();
-  if (model == "gpt-mini") return {.vocab_size = 65, .block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384};
+  if (model == "gpt-mini") return nn::models::GPTOptions::gpt_mini();
   throw std::invalid_argument("[bench] expected gpt-mini or gpt2, got " + model);
 }
 

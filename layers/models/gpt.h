@@ -72,6 +72,9 @@ struct GPTOptions {
 
   /// GPT-2 small: the defaults above, 124,439,808 parameters.
   static GPTOptions gpt2_small() { return {}; }
+  /// nanoGPT's shakespeare_char size: 6 layers, 6 heads, 384 wide, 256 positions, 65
+  /// symbols (10.7M parameters); tandem-train's gpt-mini, with the data's vocabulary.
+  static GPTOptions gpt_mini() { return {.vocab_size = 65, .block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384}; }
 };
 
 /// How GPT::generate picks each new token.
