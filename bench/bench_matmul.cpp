@@ -1,11 +1,14 @@
 // Matrix-product benchmarks: matmul, and linear forward + backward, for the layer
-// shapes of the 784-256-10 MLP at batch 128 and for square 1024/2048/4096 matrices, and
-// causal scaled dot-product attention forward + backward at GPT shapes; CPU (FLOP/s)
-// and, when a device is present, CUDA (TFLOP/s, event-timed).
+// shapes of the 784-256-10 MLP at batch 128 and for square 1024/2048/4096 matrices;
+// linear with a ReLU/GELU fused into its epilogue against linear then the activation op
+// (MLP and GPT feed-forward shapes); causal scaled dot-product attention forward +
+// backward at GPT shapes. CPU (FLOP/s) and, when a device is present, CUDA (TFLOP/s,
+// event-timed).
 #include <cstdint>
 #include <functional>
 
 #include "bench/bench_common.h"
+#include "engine/ops/elementwise.h"
 #include "engine/ops/factory.h"
 #include "engine/ops/linalg.h"
 
@@ -45,15 +48,35 @@ struct LinearSetup {
     bias.set_requires_grad(true);
   }
 
-  void step() {
+  /// One forward + backward; with an activation, fused into linear() or (`fused` false)
+  /// as linear() then the activation op.
+  void step(Activation act = Activation::kNone, bool fused = true) {
     // Gradients are dropped (set_to_none) each step, as an optimizer's zero_grad does,
     // so backward writes them instead of accumulating.
     weight.set_grad(Tensor());
     bias.set_grad(Tensor());
     if (x.requires_grad()) x.set_grad(Tensor());
-    linear(x, weight, bias).backward(grad_out);
+    Tensor y;
+    if (fused || act == Activation::kNone) y = linear(x, weight, bias, act);
+    else if (act == Activation::kRelu) y = relu(linear(x, weight, bias));
+    else y = gelu(linear(x, weight, bias), act == Activation::kGeluTanh);
+    y.backward(grad_out);
   }
 };
+
+// Linear + activation shapes: the MLP's first layer (ReLU) and the GPT feed-forward's
+// c_fc (GELU) at batch 8: gpt-mini (256 x 384 -> 1536) on the CPU, GPT-2 small (1024 x
+// 768 -> 3072) on CUDA. Args: M, K, N, dx, activation (1 ReLU, 2 GELU), fused.
+void apply_activation_shapes(benchmark::internal::Benchmark* b, bool gpt2) {
+  b->ArgNames({"M", "K", "N", "dx", "act", "fused"});
+  for (int fused : {1, 0}) {
+    b->Args({kMlpLayer1.m, kMlpLayer1.k, kMlpLayer1.n, 0, static_cast<int>(Activation::kRelu), fused});
+    if (gpt2) b->Args({8 * 1024, 768, 3072, 1, static_cast<int>(Activation::kGelu), fused});
+    else b->Args({8 * 256, 384, 1536, 1, static_cast<int>(Activation::kGelu), fused});
+  }
+}
+
+Activation activation_of(const benchmark::State& state) { return static_cast<Activation>(state.range(4)); }
 
 // Causal attention of (batch·heads, T, D) queries, keys and values, forward + backward:
 // the scores and ·v products forward, four products backward, 2·T²·D each per sequence
@@ -105,6 +128,13 @@ void cpu_linear(benchmark::State& state) {
   set_cpu_flops(state, linear_flops(s));
 }
 
+void cpu_linear_activation(benchmark::State& state) {
+  const GemmShape s = shape_of(state);
+  LinearSetup setup(s, {});
+  for (auto _ : state) setup.step(activation_of(state), state.range(5) != 0);
+  set_cpu_flops(state, linear_flops(s));
+}
+
 void cpu_attention(benchmark::State& state) {
   AttentionSetup setup(state.range(0), state.range(1), state.range(2), {});
   for (auto _ : state) setup.step();
@@ -125,6 +155,9 @@ void register_cpu() {
   cpu_settings(
       benchmark::RegisterBenchmark(bench_name("cpu", "linear_fwd_bwd", DType::kF32).c_str(), guarded(cpu_linear)))
       ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, false); });
+  cpu_settings(benchmark::RegisterBenchmark(bench_name("cpu", "linear_activation_fwd_bwd", DType::kF32).c_str(),
+                                            guarded(cpu_linear_activation)))
+      ->Apply([](benchmark::internal::Benchmark* b) { apply_activation_shapes(b, false); });
   // gpt-mini's attention at batch 8: 8 x 6 heads of 256 positions x 64.
   cpu_settings(benchmark::RegisterBenchmark(bench_name("cpu", "attention_causal_fwd_bwd", DType::kF32).c_str(),
                                             guarded(cpu_attention)))
@@ -153,6 +186,15 @@ void cuda_linear(benchmark::State& state, DType dtype) {
       state, linear_flops(s), [&] { setup.step(); }, inner_calls(linear_flops(s)));
 }
 
+void cuda_linear_activation(benchmark::State& state, DType dtype) {
+  const GemmShape s = shape_of(state);
+  LinearSetup setup(s, {.dtype = dtype, .device = Device::cuda(0)});
+  const Activation act = activation_of(state);
+  const bool fused = state.range(5) != 0;
+  run_cuda_flops(
+      state, linear_flops(s), [&] { setup.step(act, fused); }, inner_calls(linear_flops(s)));
+}
+
 void cuda_attention(benchmark::State& state, DType dtype) {
   AttentionSetup setup(state.range(0), state.range(1), state.range(2), {.dtype = dtype, .device = Device::cuda(0)});
   run_cuda_flops(state, attention_flops(state), [&] { setup.step(); });
@@ -166,6 +208,10 @@ void register_cuda() {
     cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "linear_fwd_bwd", dtype).c_str(),
                                                guarded([dtype](benchmark::State& s) { cuda_linear(s, dtype); })))
         ->Apply([](benchmark::internal::Benchmark* b) { apply_shapes(b, true); });
+    cuda_settings(
+        benchmark::RegisterBenchmark(bench_name("cuda", "linear_activation_fwd_bwd", dtype).c_str(),
+                                     guarded([dtype](benchmark::State& s) { cuda_linear_activation(s, dtype); })))
+        ->Apply([](benchmark::internal::Benchmark* b) { apply_activation_shapes(b, true); });
     // GPT-2 small's attention at batch 8 (8 x 12 heads of 1024 x 64), and gpt-mini's.
     cuda_settings(benchmark::RegisterBenchmark(bench_name("cuda", "attention_causal_fwd_bwd", dtype).c_str(),
                                                guarded([dtype](benchmark::State& s) { cuda_attention(s, dtype); })))

@@ -33,6 +33,7 @@
 #include "engine/random.h"
 #include "engine/storage.h"
 #include "layers/checkpoint.h"
+#include "layers/models/gpt.h"
 #include "layers/sequential.h"
 #include "optim/adam.h"
 #include "optim/grad_scaler.h"
@@ -174,6 +175,7 @@ int main(int argc, char** argv) {
   std::string precision = "fp32";
   bool grad_checkpoint = false;
   bool tf32 = false;
+  bool unfused = false;
   app.add_option("--model", model_name,
                  "mlp, cnn (Fashion-MNIST), resnet18 (3x32x32 synthetic images), gpt2 (GPT-2 small, 1024 "
                  "positions) or gpt-mini (6 layers, 384 wide, 256 positions); the GPTs on random tokens")
@@ -198,7 +200,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--breakdown", breakdown,
                  "none; phases (loader, forward, loss, zero_grad, backward, step, synchronised on CUDA); "
-                 "layers (phases, and forward/backward per child of a Sequential model: mlp, cnn)")
+                 "layers (phases, and forward/backward per child of a Sequential model: mlp, cnn; the children run one "
+                 "by one, so unfused)")
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "phases", "layers"}));
   app.add_option("--precision", precision,
@@ -213,6 +216,9 @@ int main(int argc, char** argv) {
   app.add_flag("--tf32", tf32,
                "f32 matrix products and convolutions on TF32 tensor cores (cuda::set_allow_tf32; as PyTorch's "
                "allow_tf32 flags; no effect on the CPU)");
+  app.add_flag("--unfused", unfused,
+               "run each Linear and its ReLU/GELU as two ops (Sequential models, the GPTs' feed-forward) instead "
+               "of one linear() with the activation in its epilogue, to measure the fusion");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -253,6 +259,12 @@ int main(int argc, char** argv) {
     if (breakdown == "layers" && grad_checkpoint) {
       throw std::invalid_argument("[tandem-compare] expected --breakdown none or phases with --grad-checkpoint, "
                                   "got layers (it runs each child on its own, past the checkpointed segments)");
+    }
+    if (unfused) {
+      for (const auto& [name, m] : model->named_modules()) {
+        if (auto* seq = dynamic_cast<nn::Sequential*>(m.get())) seq->set_fuse_activations(false);
+        if (auto* ff = dynamic_cast<nn::FeedForward*>(m.get())) ff->set_fuse_activation(false);
+      }
     }
     const int64_t checkpoint_segments = grad_checkpoint ? nn::enable_grad_checkpointing(*model) : 0;
     std::optional<DType> autocast;
@@ -352,6 +364,7 @@ int main(int argc, char** argv) {
         {"prefetch_depth", prefetch_depth},
         {"precision", precision},
         {"tf32", tf32},
+        {"fused_activations", !unfused && breakdown != "layers"},
         {"grad_checkpoint", grad_checkpoint},
         {"checkpoint_segments", checkpoint_segments},
         {"skipped_steps", scaler.skipped_steps()},

@@ -11,6 +11,11 @@ enum class UnaryOp : uint8_t { kNeg, kExp, kLog, kSqrt, kRelu, kGelu, kGeluTanh,
 /// dx = dy · f'(saved), where `saved` is the op's input x (relu, gelu) or its output y (tanh, sigmoid).
 enum class UnaryGradOp : uint8_t { kRelu, kGelu, kGeluTanh, kTanhFromOutput, kSigmoidFromOutput };
 
+/// The activation of linear()'s fused bias epilogue (kernels/{cpu,cuda}/bias_activation):
+/// y = act(x·Wᵀ + b) in one pass after the product. kGelu is the erf form, kGeluTanh
+/// PyTorch's approximate="tanh".
+enum class Activation : uint8_t { kNone, kRelu, kGelu, kGeluTanh };
+
 /// out = a op b; kAdd computes a + alpha·b; kEq writes bool.
 enum class BinaryOp : uint8_t { kAdd, kSub, kMul, kDiv, kEq };
 

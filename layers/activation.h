@@ -18,6 +18,7 @@ class GELU : public Module {
  public:
   explicit GELU(bool tanh_approximation = false) : tanh_approximation_(tanh_approximation) {}
   Tensor forward(const Tensor& input) override;
+  bool tanh_approximation() const { return tanh_approximation_; }
   std::string name() const override { return "GELU"; }
   std::shared_ptr<Module> clone() const override;
 

@@ -32,6 +32,10 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
 
 Tensor Linear::forward(const Tensor& input) { return linear(input, weight_, bias_); }
 
+Tensor Linear::forward(const Tensor& input, Activation activation) {
+  return linear(input, weight_, bias_, activation);
+}
+
 std::shared_ptr<Module> Linear::clone() const {
   return clone_via([this] { return std::make_shared<Linear>(in_features_, out_features_, bias_.defined()); });
 }

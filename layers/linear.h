@@ -1,6 +1,7 @@
 // Linear (fully connected) layer: y = x·Wᵀ + b, initialised as torch.nn.Linear.
 #pragma once
 
+#include "engine/ops/linalg.h"
 #include "layers/module.h"
 
 namespace tandem::nn {
@@ -13,6 +14,8 @@ class Linear : public Module {
 
   /// x of shape (..., in) -> (..., out).
   Tensor forward(const Tensor& input) override;
+  /// act(forward(x)) with bias and activation fused into one pass (linear()).
+  Tensor forward(const Tensor& input, Activation activation);
   std::string name() const override { return "Linear"; }
   std::shared_ptr<Module> clone() const override;
 

@@ -20,7 +20,9 @@ class Sequential : public Module {
 
   /// Appends `module` under the name of its position.
   void push_back(std::shared_ptr<Module> module);
-  /// Runs every child in order.
+  /// Runs every child in order. A Linear followed by a ReLU or GELU (exactly those
+  /// classes) runs as one linear() with the activation fused into its epilogue, unless
+  /// turned off with set_fuse_activations(false); the result is the same up to rounding.
   Tensor forward(const Tensor& input) override;
   std::string name() const override { return "Sequential"; }
   std::shared_ptr<Module> clone() const override;
@@ -36,6 +38,9 @@ class Sequential : public Module {
   int64_t checkpoint_segments() const { return static_cast<int64_t>(segments_.size()); }
   /// Sets the mode of the layers and of the checkpointed groups.
   void train(bool on = true) override;
+  /// Whether forward fuses Linear + ReLU/GELU pairs (on by default; copied by clone()).
+  void set_fuse_activations(bool on);
+  bool fuse_activations() const { return fuse_activations_; }
 
   size_t size() const { return modules_.size(); }
   const std::shared_ptr<Module>& operator[](size_t i) const { return modules_.at(i); }
@@ -46,6 +51,7 @@ class Sequential : public Module {
   std::vector<std::shared_ptr<Module>> modules_;
   // Checkpointed groups of modules_ (the same layer objects), run instead when set.
   std::vector<std::shared_ptr<Module>> segments_;
+  bool fuse_activations_ = true;
 };
 
 /// Named children and no forward, as torch.nn.ModuleDict: a grouping level in parameter

@@ -66,6 +66,44 @@ TEST_F(CudaLinalg, LinearWithAndWithoutBias) {
   }
 }
 
+TEST_F(CudaLinalg, LinearWithFusedActivation) {
+  using kernels::Activation;
+  for (DType dt : kFloatTypes) {
+    for (Activation act : {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh}) {
+      const Fn with_bias = [act](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2], act); };
+      const Fn no_bias = [act](const std::vector<Tensor>& t) { return linear(t[0], t[1], Tensor(), act); };
+      // 40 and 64 columns: 16-byte vectors for every type; 13 columns: the scalar
+      // kernels; 700 rows: several row chunks, whose partials a second kernel adds;
+      // 3 rows: one chunk, written directly.
+      expect_parity(with_bias, {{9, 12}, {40, 12}, {40}}, dt, 13);
+      expect_parity(with_bias, {{2, 3, 12}, {13, 12}, {13}}, dt, 14);
+      expect_parity(with_bias, {{700, 24}, {64, 24}, {64}}, dt, 15);
+      expect_parity(no_bias, {{700, 24}, {64, 24}}, dt, 16);
+      expect_parity(with_bias, {{3, 8}, {1024, 8}, {1024}}, dt, 17);
+    }
+  }
+}
+
+TEST_F(CudaLinalg, LinearEpilogueWithUnalignedOperands) {
+  // Views one element into their storage: cuBLASLt chooses its algorithms (or has none)
+  // by pointer alignment, and the fused kernels fall back from 16-byte vectors; either
+  // way the result must be the CPU's.
+  using kernels::Activation;
+  const Device cuda = Device::cuda(0);
+  for (DType dt : kFloatTypes) {
+    const Tolerance tol = tolerance_for(dt);
+    for (Activation act : {Activation::kNone, Activation::kRelu, Activation::kGelu}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + ", activation " + std::to_string(static_cast<int>(act)));
+      const Tensor xs = random_tensor({1, 1 + 9 * 16}, 18, dt), ws = random_tensor({1, 1 + 40 * 16}, 19, dt),
+                   bs = random_tensor({41}, 20, dt);
+      auto view = [](const Tensor& t, const Shape& shape) { return t.narrow(-1, 1, t.size(-1) - 1).reshape(shape); };
+      const Tensor want = linear(view(xs, {9, 16}), view(ws, {40, 16}), view(bs, {40}), act);
+      const Tensor got = linear(view(xs.to(cuda), {9, 16}), view(ws.to(cuda), {40, 16}), view(bs.to(cuda), {40}), act);
+      EXPECT_TRUE(all_close(got.cpu(), want, tol.atol, tol.rtol));
+    }
+  }
+}
+
 TEST_F(CudaLinalg, ScaledDotProductAttention) {
   for (DType dt : kFloatTypes) {
     for (bool causal : {false, true}) {

@@ -361,6 +361,67 @@ TEST(Sequential, NamesAndOrder) {
   EXPECT_EQ(count, 3);
 }
 
+/// A ReLU subclass that does something else: never fused, its forward must run.
+class ScaledReLU : public ReLU {
+ public:
+  Tensor forward(const Tensor& input) override { return ReLU::forward(input) * 2.0; }
+};
+
+TEST(Sequential, FusesLinearWithReluAndGeluIntoOneOp) {
+  auto make = [] {
+    manual_seed(31);
+    return std::make_shared<Sequential>(std::initializer_list<std::shared_ptr<Module>>{
+        std::make_shared<Linear>(6, 8), std::make_shared<ReLU>(), std::make_shared<Linear>(8, 8),
+        std::make_shared<GELU>(), std::make_shared<Linear>(8, 5), std::make_shared<GELU>(true),
+        std::make_shared<Linear>(5, 3), std::make_shared<Tanh>()});
+  };
+  auto fused = make(), plain = make();
+  fused->to(DType::kF64);
+  plain->to(DType::kF64);
+  plain->set_fuse_activations(false);
+  EXPECT_TRUE(fused->fuse_activations());
+  Tensor x = random_tensor({7, 6}, 32);
+  Tensor yf = (*fused)(x), yp = (*plain)(x);
+  EXPECT_TRUE(all_close(yf, yp, 1e-12, 1e-12));
+  Tensor dy = random_tensor({7, 3}, 33);
+  yf.backward(dy);
+  yp.backward(dy);
+  auto pf = fused->parameters(), pp = plain->parameters();
+  ASSERT_EQ(pf.size(), pp.size());
+  for (size_t i = 0; i < pf.size(); ++i) EXPECT_TRUE(all_close(pf[i].grad(), pp[i].grad(), 1e-12, 1e-12)) << i;
+
+  // The fused pair leaves one autograd node, named after linear.
+  auto pair = [](bool fuse) {
+    Sequential seq{std::make_shared<Linear>(4, 3), std::make_shared<ReLU>()};
+    seq.set_fuse_activations(fuse);
+    return seq(random_tensor({2, 4}, 34, DType::kF32)).grad_fn()->name();
+  };
+  EXPECT_EQ(pair(true), "linear");
+  EXPECT_EQ(pair(false), "relu");
+  // A module that only derives from ReLU runs its own forward.
+  Sequential custom{std::make_shared<Linear>(4, 3), std::make_shared<ScaledReLU>()};
+  Tensor xc = random_tensor({2, 4}, 35, DType::kF32);
+  auto& lin = static_cast<Linear&>(*custom[0]);
+  EXPECT_TRUE(all_close(custom(xc), relu(lin(xc)) * 2.0, 0, 0));
+}
+
+TEST(Sequential, FusionSurvivesCloneAndCheckpointSegments) {
+  manual_seed(36);
+  Sequential seq{std::make_shared<Linear>(4, 6), std::make_shared<GELU>(), std::make_shared<Linear>(6, 6),
+                 std::make_shared<ReLU>(), std::make_shared<Linear>(6, 2)};
+  seq.set_fuse_activations(false);
+  auto copy = std::static_pointer_cast<Sequential>(seq.clone());
+  EXPECT_FALSE(copy->fuse_activations());
+  // Segments fuse inside their groups, following the parent's setting before and after.
+  Tensor x = random_tensor({3, 4}, 37, DType::kF32);
+  Tensor want = seq(x);
+  seq.set_fuse_activations(true);
+  seq.set_checkpoint_segments(2);  // groups {Linear, GELU, Linear} and {ReLU, Linear}
+  EXPECT_TRUE(all_close(seq(x), want, 1e-6, 1e-6));
+  seq.set_fuse_activations(false);
+  EXPECT_TRUE(all_close(seq(x), want, 0, 0));
+}
+
 TEST(Embedding, LookupAndPadding) {
   Embedding emb(10, 4, /*padding_idx=*/2);
   EXPECT_EQ(emb.weight().shape(), (Shape{10, 4}));

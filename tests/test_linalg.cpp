@@ -242,6 +242,99 @@ TEST(LinearGrad, InputWithoutGrad) {
                         {leaf({3, 4}, 59), leaf({3}, 60)}));
 }
 
+// ---- linear with a fused activation ----------------------------------------------------
+
+constexpr Activation kActivations[] = {Activation::kRelu, Activation::kGelu, Activation::kGeluTanh};
+
+/// The unfused composition the fused epilogue must equal.
+Tensor linear_then_activation(const Tensor& x, const Tensor& w, const Tensor& b, Activation act) {
+  Tensor h = linear(x, w, b);
+  switch (act) {
+    case Activation::kRelu: return relu(h);
+    case Activation::kGelu: return gelu(h);
+    case Activation::kGeluTanh: return gelu(h, /*tanh_approximation=*/true);
+    case Activation::kNone: break;
+  }
+  return h;
+}
+
+/// Output and every gradient of the fused op against the composition, same inputs and dy.
+void expect_fused_matches_composition(const Shape& x_shape, int64_t out, bool with_bias, Activation act, DType dt,
+                                      uint64_t seed, double tol) {
+  SCOPED_TRACE("activation " + std::to_string(static_cast<int>(act)) + ", " + std::string(dtype_name(dt)) + ", x " +
+               shape_str(x_shape) + (with_bias ? ", bias" : ", no bias"));
+  auto leaves = [&] {
+    std::vector<Tensor> t = {random_tensor(x_shape, seed, dt), random_tensor({out, x_shape.back()}, seed + 1, dt),
+                             with_bias ? random_tensor({out}, seed + 2, dt) : Tensor()};
+    for (Tensor& v : t)
+      if (v.defined()) v.set_requires_grad(true);
+    return t;
+  };
+  std::vector<Tensor> a = leaves(), b = leaves();
+  Tensor ya = linear(a[0], a[1], a[2], act), yb = linear_then_activation(b[0], b[1], b[2], act);
+  ASSERT_EQ(ya.shape(), yb.shape());
+  ASSERT_EQ(ya.dtype(), dt);
+  EXPECT_TRUE(all_close(ya, yb, tol, tol));
+  Tensor dy = random_tensor(ya.shape(), seed + 3, dt);
+  ya.backward(dy);
+  yb.backward(dy);
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].defined()) {
+      EXPECT_TRUE(all_close(a[i].grad(), b[i].grad(), tol, tol)) << "gradient of input " << i;
+    }
+  }
+}
+
+TEST(LinearActivation, EqualsLinearThenActivation) {
+  for (Activation act : kActivations) {
+    for (bool with_bias : {true, false}) {
+      expect_fused_matches_composition({7, 12}, 5, with_bias, act, DType::kF64, 100, 1e-12);
+      expect_fused_matches_composition({2, 3, 12}, 8, with_bias, act, DType::kF32, 101, 1e-5);
+    }
+    // f16/bf16: the pre-activation is rounded as linear()'s output would be; the sum
+    // order of the product's bias differs, hence a tolerance of a few ulps.
+    expect_fused_matches_composition({6, 16}, 9, true, act, DType::kF16, 102, 1e-2);
+    expect_fused_matches_composition({6, 16}, 9, true, act, DType::kBF16, 103, 5e-2);
+  }
+}
+
+TEST(LinearActivation, BiasGradientOverManyRowBlocks) {
+  // 1000 rows span eight of the CPU kernel's 128-row blocks plus a partial one; big
+  // enough (> 2^20 elements) to split over threads.
+  for (Activation act : kActivations) {
+    expect_fused_matches_composition({1000, 8}, 37, true, act, DType::kF64, 104, 1e-11);
+    expect_fused_matches_composition({4, 300, 16}, 1024, true, act, DType::kF32, 105, 1e-4);
+  }
+}
+
+TEST(LinearActivation, ReluKeepsOnlyTheOutputForBackward) {
+  // ReLU's epilogue runs in place: the output is the saved tensor, and the gradient is
+  // dy where the output is positive.
+  Tensor x = leaf({5, 6}, 106), w = leaf({4, 6}, 107), b = leaf({4}, 108);
+  Tensor y = linear(x, w, b, Activation::kRelu);
+  Tensor dy = random_tensor({5, 4}, 109);
+  y.backward(dy);
+  std::vector<double> yv = y.to_vector<double>(), dyv = dy.to_vector<double>(), db(4, 0.0);
+  for (int r = 0; r < 5; ++r)
+    for (int o = 0; o < 4; ++o) db[o] += yv[r * 4 + o] > 0 ? dyv[r * 4 + o] : 0.0;
+  EXPECT_TRUE(all_close(b.grad(), Tensor::from_vector(db, {4}), 1e-12, 1e-12));
+  EXPECT_GE(*std::min_element(yv.begin(), yv.end()), 0.0);
+}
+
+TEST(LinearActivationGrad, EveryActivation) {
+  for (Activation act : kActivations) {
+    SCOPED_TRACE(static_cast<int>(act));
+    auto fn = [act](const std::vector<Tensor>& t) { return linear(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), act); };
+    EXPECT_TRUE(gradcheck(fn, {leaf({5, 4}, 110), leaf({3, 4}, 111), leaf({3}, 112)}));
+    EXPECT_TRUE(gradcheck(fn, {leaf({5, 4}, 113), leaf({3, 4}, 114)}));
+    EXPECT_TRUE(gradcheck(fn, {leaf({2, 3, 4}, 115), leaf({5, 4}, 116), leaf({5}, 117)}));
+    EXPECT_TRUE(gradcheck(fn, {leaf({4}, 118), leaf({3, 4}, 119), leaf({3}, 120)}));
+    Tensor x = random_tensor({6, 4}, 121);  // data: only W and b learn
+    EXPECT_TRUE(gradcheck([x, act](const std::vector<Tensor>& t) { return linear(x, t[0], t[1], act); },
+                          {leaf({3, 4}, 122), leaf({3}, 123)}));
+  }
+}
+
 // ---- errors ----------------------------------------------------------------------------
 
 TEST(LinalgErrors, InnerDimensionMismatchNamesBothShapes) {
@@ -282,6 +375,11 @@ TEST(LinalgErrors, LinearShapes) {
   expect_invalid([&] { linear(x, w1); }, {"[linear]", "weight of 2 dims", "[5]"});
   Tensor w2 = random_tensor({5, 3}, 85), b = random_tensor({4}, 86);
   expect_invalid([&] { linear(x, w2, b); }, {"[linear]", "bias of shape [5]", "[4]"});
+  // The fused epilogue checks the same things first.
+  expect_invalid([&] { linear(x, w, Tensor(), Activation::kGelu); }, {"[linear]", "[4, 3]", "[5, 6]"});
+  expect_invalid([&] { linear(x, w2, b, Activation::kRelu); }, {"[linear]", "bias of shape [5]", "[4]"});
+  Tensor xi = arange(12).reshape({4, 3});
+  expect_invalid([&] { linear(xi, arange(6).reshape({2, 3}), Tensor(), Activation::kRelu); }, {"[linear]", "int64"});
 }
 
 TEST(LinalgErrors, UndefinedOperand) {

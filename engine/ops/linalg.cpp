@@ -15,9 +15,12 @@
 #include "engine/ops/factory.h"
 #include "engine/ops/reduce.h"
 #include "engine/ops/shape.h"
+#include "kernels/bias_activation_math.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/bias_activation.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/bias_activation.h"
 #include "kernels/cuda/gemm.h"
 
 namespace tandem {
@@ -112,6 +115,92 @@ void attention_softmax(const Tensor& x, const Tensor& p, bool backward, int64_t 
                               " and " + shape_str(b.shape()));
 }
 
+/// out2 (rows, out) = act(x2·Wᵀ + bias) in one GEMM whose epilogue adds the bias and
+/// applies act (kNone or kRelu): cuBLASLt on CUDA. False, with nothing done, on the CPU
+/// and where cuBLASLt has no algorithm for the case; the caller then runs its own passes.
+bool gemm_epilogue_into(const Tensor& out2, const Tensor& x2, const Tensor& weight, const Tensor& bias,
+                        Activation activation) {
+  bool done = false;
+  dispatch_device(
+      "linear", x2.device(), [] {},
+      [&](auto) {
+        const size_t ws_bytes = kernels::cuda::linear_epilogue_workspace_bytes(x2.dtype());
+        if (ws_bytes == 0) return;
+        Tensor ws = Tensor::empty({static_cast<int64_t>(ws_bytes)}, {.dtype = DType::kU8, .device = x2.device()});
+        done = kernels::cuda::linear_epilogue(x2.dtype(), activation, x2.size(0), weight.size(0), weight.size(1),
+                                              x2.data_ptr(), weight.data_ptr(),
+                                              bias.defined() ? bias.data_ptr() : nullptr, out2.data_ptr(),
+                                              ws.data_ptr(), ws_bytes, cuda_stream(x2.device()));
+      });
+  return done;
+}
+
+/// linear() with an activation: h = x·Wᵀ (beta = 0), then one pass adds the bias and
+/// applies the activation (in place for ReLU, whose backward needs only the output;
+/// into a new tensor for the GELUs, whose backward needs h). On CUDA the GEMM's own
+/// epilogue does that pass where cuBLASLt can: all of it for ReLU, the bias for the
+/// GELUs. Backward turns dy into dh and the bias gradient in one pass, then runs the two
+/// products of linear().
+Tensor linear_activation(const Tensor& x, const Tensor& x2, const Tensor& weight, const Tensor& bias,
+                         Activation activation, const Shape& out_shape) {
+  const int64_t rows = x2.size(0), out_features = weight.size(0);
+  const TensorOptions opts{.dtype = x.dtype(), .device = x.device()};
+  Tensor h = Tensor::empty(out_shape, opts);
+  const Tensor h2 = Tensor::from_storage(h.storage(), {rows, out_features}, h.dtype(), h.offset());
+  const bool saves_input = kernels::activation_saves_input(activation);
+  Tensor y = saves_input ? Tensor::empty(out_shape, opts) : h;
+  const bool all_in_gemm = !saves_input && gemm_epilogue_into(h2, x2, weight, bias, activation);
+  if (!all_in_gemm) {
+    const bool bias_in_gemm = bias.defined() && gemm_epilogue_into(h2, x2, weight, bias, Activation::kNone);
+    if (!bias_in_gemm) gemm_into(h2, x2, false, weight, /*trans_b=*/true, /*accumulate=*/false);
+    const void* b = bias.defined() && !bias_in_gemm ? bias.data_ptr() : nullptr;
+    dispatch_device(
+        "linear", x.device(),
+        [&] {
+          kernels::cpu::bias_activation_forward(activation, x.dtype(), y.data_ptr(), h.data_ptr(), b, rows,
+                                                out_features);
+        },
+        [&](auto) {
+          kernels::cuda::bias_activation_forward(activation, x.dtype(), y.data_ptr(), h.data_ptr(), b, rows,
+                                                 out_features, cuda_stream(x.device()));
+        });
+  }
+
+  const bool need_x = x.requires_grad(), need_w = weight.requires_grad();
+  const bool need_b = bias.defined() && bias.requires_grad();
+  autograd::record(
+      "linear", {x, weight, bias}, {y},
+      [x2 = x2.detach(), w = weight.detach(), saved = saves_input ? h : y.detach(), x_shape = x.shape(), rows,
+       out_features, activation, need_x, need_w, need_b](std::vector<Tensor>& grads) {
+        const Tensor& g = grads[0];
+        const TensorOptions gopts{.dtype = g.dtype(), .device = g.device()};
+        Tensor dh = Tensor::empty({rows, out_features}, gopts);
+        Tensor gb = need_b ? Tensor::empty({out_features}, gopts) : Tensor();
+        void* gb_ptr = need_b ? gb.data_ptr() : nullptr;
+        dispatch_device(
+            "linear", g.device(),
+            [&] {
+              kernels::cpu::bias_activation_backward(activation, g.dtype(), dh.data_ptr(), gb_ptr, g.data_ptr(),
+                                                     saved.data_ptr(), rows, out_features);
+            },
+            [&](auto) {
+              const size_t ws_bytes =
+                  need_b ? kernels::cuda::bias_activation_backward_workspace_bytes(g.dtype(), rows, out_features) : 0;
+              Tensor ws = ws_bytes ? Tensor::empty({static_cast<int64_t>(ws_bytes)},
+                                                   {.dtype = DType::kU8, .device = g.device()})
+                                   : Tensor();
+              kernels::cuda::bias_activation_backward(activation, g.dtype(), dh.data_ptr(), gb_ptr, g.data_ptr(),
+                                                      saved.data_ptr(), rows, out_features,
+                                                      ws_bytes ? ws.data_ptr() : nullptr, cuda_stream(g.device()));
+            });
+        Tensor gx, gw;
+        if (need_x) gx = reshape(matmul_trans(dh, false, w, false), x_shape);  // dx = dh·W
+        if (need_w) gw = matmul_trans(dh, true, x2, false);                    // dW = dhᵀ·x
+        return std::vector<Tensor>{gx, gw, gb};
+      });
+  return y;
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -153,10 +242,10 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
   return matmul_trans(a, false, b, false);
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation activation) {
   if (autocast_active()) {  // autocast: low precision, bias included
     Tensor xl = autocast_to_low(x), wl = autocast_to_low(weight), bl = autocast_to_low(bias);
-    if (!xl.is_same(x) || !wl.is_same(weight) || !bl.is_same(bias)) return linear(xl, wl, bl);
+    if (!xl.is_same(x) || !wl.is_same(weight) || !bl.is_same(bias)) return linear(xl, wl, bl, activation);
   }
   check_operands("linear", x, weight, "x", "weight");
   if (weight.dim() != 2)
@@ -178,14 +267,17 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
-  Tensor y = Tensor::empty(out_shape, {.dtype = x.dtype(), .device = x.device()});
-
-  // x (..., in) is a (rows, in) matrix as it lies in memory; y = x·Wᵀ (+ b) is one GEMM.
-  // With a bias, its rows go into y first and the GEMM accumulates onto them (beta = 1),
-  // saving a separate pass over y.
+  // x (..., in) is a (rows, in) matrix as it lies in memory.
   Tensor x2 = Tensor::from_storage(x.storage(), {rows, in}, x.dtype(), x.offset());
+  if (activation != Activation::kNone) return linear_activation(x, x2, weight, bias, activation, out_shape);
+
+  // y = x·Wᵀ (+ b) is one GEMM: with a bias, its rows go into y first and the GEMM
+  // accumulates onto them (beta = 1), saving a separate pass over y.
+  Tensor y = Tensor::empty(out_shape, {.dtype = x.dtype(), .device = x.device()});
   Tensor y2 = Tensor::from_storage(y.storage(), {rows, out_features}, y.dtype(), y.offset());
-  if (bias.defined()) {
+  // On CUDA, cuBLASLt adds the bias in the GEMM's epilogue where it can.
+  const bool bias_in_gemm = bias.defined() && gemm_epilogue_into(y2, x2, weight, bias, Activation::kNone);
+  if (bias.defined() && !bias_in_gemm) {
     dispatch_device(
         "linear", x.device(),
         [&] { kernels::cpu::broadcast_rows(x.dtype(), y.data_ptr(), bias.data_ptr(), rows, out_features); },
@@ -194,7 +286,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                                         cuda_stream(x.device()));
         });
   }
-  gemm_into(y2, x2, false, weight, /*trans_b=*/true, /*accumulate=*/bias.defined());
+  if (!bias_in_gemm) gemm_into(y2, x2, false, weight, /*trans_b=*/true, /*accumulate=*/bias.defined());
 
   const bool need_x = x.requires_grad(), need_w = weight.requires_grad();
   const bool need_b = bias.defined() && bias.requires_grad();

@@ -1,4 +1,4 @@
-// Matrix products: matmul (2-D, batched 3-D, and 3-D x 2-D), linear (x·Wᵀ + b), and
+// Matrix products: matmul (2-D, batched 3-D, and 3-D x 2-D), linear (act(x·Wᵀ + b)), and
 // scaled dot-product attention (two products around a softmax). CPU through Eigen,
 // CUDA through cuBLAS.
 #pragma once
@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "engine/tensor.h"
+#include "kernels/elementwise.h"
 
 namespace tandem {
 
@@ -13,8 +14,15 @@ namespace tandem {
 Tensor matmul(const Tensor& a, const Tensor& b);
 /// Batched product of 3-D tensors (B,M,K)@(B,K,N).
 Tensor bmm(const Tensor& a, const Tensor& b);
-/// y = x·Wᵀ + b for x of shape (..., in), W (out, in), b (out) or undefined.
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+/// What linear() applies after the product: kNone, kRelu, kGelu (erf) or kGeluTanh.
+using Activation = kernels::Activation;
+
+/// y = act(x·Wᵀ + b) for x of shape (..., in), W (out, in), b (out) or undefined.
+/// With an activation, bias and activation are one pass after the product (a fused
+/// epilogue) and backward computes the activation and bias gradients in one pass;
+/// equal to linear() followed by relu() or gelu() up to rounding.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+              Activation activation = Activation::kNone);
 
 /// PyTorch's F.scaled_dot_product_attention without dropout or an explicit mask:
 /// softmax(q·kᵀ·scale)·v for q (..., Tq, E), k (..., Tk, E), v (..., Tk, Ev) with equal

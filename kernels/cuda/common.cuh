@@ -23,6 +23,14 @@ inline unsigned int grid_for(int64_t n, int per_thread = 1, int block = kBlockSi
   return static_cast<unsigned int>(blocks);
 }
 
+/// V elements of T moved as one load or store (16 bytes for V = 16 / sizeof(T)).
+template <class T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // compute_t, visit_floating and visit_all come from kernels/common.h (namespace
 // tandem::kernels); Half and BFloat16 convert on the device too.
 

@@ -9,13 +9,6 @@
 namespace tandem::kernels::cuda {
 namespace {
 
-template <class T, int V>
-struct alignas(sizeof(T) * V) Vec {
-  T v[V];
-};
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // out[i] = f(in[i]); V elements per thread per step.
 template <int V, class T, class F>
 __global__ void map1_kernel(T* __restrict__ out, const T* __restrict__ in, int64_t n, F f) {

@@ -5,8 +5,14 @@
 // be used by two threads at once) and return to a pool when their thread exits.
 #include "kernels/cuda/gemm.h"
 
+#include <cstdio>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -51,6 +57,56 @@ cudaDataType_t cuda_data_type(DType dtype) {
     case DType::kF64: return CUDA_R_64F;
     default: unreachable_dtype("gemm", dtype);
   }
+}
+
+cublasLtHandle_t create_cublaslt_handle() {
+  cublasLtHandle_t handle = nullptr;
+  CUBLAS_CHECK(cublasLtCreate(&handle));
+  return handle;
+}
+
+/// Owns a cuBLASLt descriptor for the length of one call.
+template <class Desc, cublasStatus_t (*Destroy)(Desc)>
+struct LtDescriptor {
+  Desc desc = nullptr;
+  LtDescriptor() = default;
+  LtDescriptor(const LtDescriptor&) = delete;
+  LtDescriptor& operator=(const LtDescriptor&) = delete;
+  ~LtDescriptor() {
+    if (desc) Destroy(desc);
+  }
+};
+using MatmulDesc = LtDescriptor<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using LayoutDesc = LtDescriptor<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using PreferenceDesc = LtDescriptor<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+/// The largest power of two (up to 16) dividing the address: what cuBLASLt's
+/// algorithm choice depends on, so part of the cache key.
+int alignment_of(const void* p) {
+  if (p == nullptr) return 16;
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  int align = 1;
+  while (align < 16 && address % (2 * align) == 0) align *= 2;
+  return align;
+}
+
+/// One linear_epilogue case: device, dtype, epilogue, TF32, m, n, k and the alignments
+/// of x, W, bias and y.
+using EpilogueKey = std::tuple<int, int, int, bool, int64_t, int64_t, int64_t, int, int, int, int>;
+
+/// cuBLASLt's heuristic answer for a case, asked once: the algorithm, or none.
+struct EpilogueChoice {
+  bool found = false;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+std::mutex& epilogue_cache_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::map<EpilogueKey, EpilogueChoice>& epilogue_cache() {
+  static auto* cache = new std::map<EpilogueKey, EpilogueChoice>;  // leaked: may be used during exit
+  return *cache;
 }
 
 template <class Word>
@@ -137,6 +193,87 @@ void gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
           int64_t lda, const void* b, int64_t ldb, bool accumulate, void* c, int64_t ldc, cudaStream_t stream) {
   gemm_strided_batched(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, accumulate, c, ldc, 0, 1,
                        stream);
+}
+
+size_t linear_epilogue_workspace_bytes(DType dtype) {
+  // 4 MiB, as cuBLAS's own default workspace on Hopper; the caller's allocator caches it.
+  const bool served = dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
+  return served ? size_t{4} << 20 : 0;
+}
+
+bool linear_epilogue(DType dtype, Activation act, int64_t rows, int64_t out, int64_t in, const void* x,
+                     const void* w, const void* bias, void* y, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream) {
+  if (linear_epilogue_workspace_bytes(dtype) == 0 || rows == 0 || out == 0 || in == 0) return false;
+  cublasLtEpilogue_t epilogue;
+  if (act == Activation::kNone && bias != nullptr) epilogue = CUBLASLT_EPILOGUE_BIAS;
+  else if (act == Activation::kRelu) epilogue = bias != nullptr ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+  else return false;  // the GELUs: cuBLASLt's is the tanh form only, and the caller needs h for backward
+
+  // Column-major view (see the top of the file): yᵀ (out x rows) = W (as Wᵀ stored
+  // column-major, transposed) · xᵀ, so m = out, n = rows, k = in, and the bias runs
+  // along D's rows, as cuBLASLt's epilogue wants it.
+  const int64_t m = out, n = rows, k = in;
+  const bool tf32 = dtype == DType::kF32 && tf32_allowed().load();
+  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cudaDataType_t type = cuda_data_type(dtype);
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  cublasLtHandle_t handle = HandlePool<cublasLtHandle_t, create_cublaslt_handle>::get(device);
+
+  MatmulDesc op_desc;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&op_desc.desc, compute, CUDA_R_32F));
+  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  if (bias != nullptr) {
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_desc.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const int32_t bias_type = type;
+    CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(op_desc.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+  }
+  LayoutDesc a_desc, b_desc, d_desc;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_desc.desc, type, static_cast<uint64_t>(k), static_cast<uint64_t>(m), k));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_desc.desc, type, static_cast<uint64_t>(k), static_cast<uint64_t>(n), k));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_desc.desc, type, static_cast<uint64_t>(m), static_cast<uint64_t>(n), m));
+
+  const EpilogueKey key{device,          static_cast<int>(dtype), static_cast<int>(epilogue), tf32, m, n, k,
+                        alignment_of(w), alignment_of(x),          alignment_of(bias),         alignment_of(y)};
+  EpilogueChoice choice;
+  {
+    std::lock_guard<std::mutex> lock(epilogue_cache_mutex());
+    auto it = epilogue_cache().find(key);
+    if (it != epilogue_cache().end()) {
+      choice = it->second;
+    } else {
+      PreferenceDesc pref;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.desc));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.desc, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                        &workspace_bytes, sizeof(workspace_bytes)));
+      cublasLtMatmulHeuristicResult_t result{};
+      int returned = 0;
+      const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op_desc.desc, a_desc.desc, b_desc.desc,
+                                                                   d_desc.desc, d_desc.desc, pref.desc, 1, &result,
+                                                                   &returned);
+      // NOT_SUPPORTED is the heuristic's "no algorithm" answer; anything else is a failure.
+      if (status != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(status);
+      choice.found = status == CUBLAS_STATUS_SUCCESS && returned > 0;
+      if (choice.found) choice.algo = result.algo;
+      else
+        std::fprintf(stderr,
+                     "[linear] note: cuBLASLt has no epilogue algorithm for %s (%lld x %lld) x (%lld x %lld)ᵀ; "
+                     "using a GEMM and a separate bias pass for this shape\n",
+                     std::string(dtype_name(dtype)).c_str(), static_cast<long long>(rows),
+                     static_cast<long long>(in), static_cast<long long>(out), static_cast<long long>(in));
+      epilogue_cache().emplace(key, choice);
+    }
+  }
+  if (!choice.found) return false;
+  const float alpha = 1.0f, beta = 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(handle, op_desc.desc, &alpha, w, a_desc.desc, x, b_desc.desc, &beta, y, d_desc.desc, y,
+                              d_desc.desc, &choice.algo, workspace, workspace_bytes, stream));
+  return true;
 }
 
 void broadcast_rows(DType dtype, void* out, const void* row, int64_t rows, int64_t cols, cudaStream_t stream) {

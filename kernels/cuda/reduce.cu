@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/convert.h"
+#include "kernels/cuda/column_sum.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace tandem::kernels::cuda {
@@ -82,8 +83,6 @@ __global__ void sum_columns_kernel(Out* __restrict__ out, const T* __restrict__ 
 // consecutive columns t = o * inner + i (coalesced when inner >= 32) and one chunk of
 // n; its lanes stride through the chunk's rows, then add up in shared memory in lane
 // order. partial[chunk * total + t].
-constexpr int kTileColumns = 32;
-constexpr int kTileLanes = 8;
 
 template <class T, class A>
 __global__ void sum_columns_partial_kernel(A* __restrict__ partial, const T* __restrict__ in, int64_t outer, int64_t n,
@@ -108,26 +107,12 @@ __global__ void sum_columns_partial_kernel(A* __restrict__ partial, const T* __r
   }
 }
 
-template <class A, class Out>
-__global__ void sum_column_chunks_kernel(Out* __restrict__ out, const A* __restrict__ partial, int64_t total,
-                                         int chunks, double scale) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += stride) {
-    A acc = 0;
-    for (int c = 0; c < chunks; ++c) acc += partial[c * total + t];
-    out[t] = convert<Out>(static_cast<A>(acc * static_cast<A>(scale)));
-  }
-}
-
 // Chunks of n for a column sum: 1 (one thread per column) while the columns fill the
-// GPU or n is short; else enough chunks of >= 64 rows for ~1024 blocks in all.
+// GPU or n is short; else row_chunks' split.
 int column_chunks(int64_t outer, int64_t n, int64_t inner) {
   const int64_t total = outer * inner;
   if (inner == 1 || total >= 65536 || n < 256) return 1;
-  const int64_t tiles = (total + kTileColumns - 1) / kTileColumns;
-  int64_t chunks = (1024 + tiles - 1) / tiles;
-  chunks = chunks < n / 64 ? chunks : n / 64;
-  return static_cast<int>(chunks < 1 ? 1 : chunks);
+  return row_chunks(n, (total + kTileColumns - 1) / kTileColumns);
 }
 
 // Splits rows when there are too few of them to fill the GPU.

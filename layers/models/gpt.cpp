@@ -30,11 +30,16 @@ FeedForward::FeedForward(int64_t embed_dim, double dropout) : dropout_(dropout) 
 }
 
 Tensor FeedForward::forward(const Tensor& input) {
-  return dropout_layer_->forward(c_proj_->forward(gelu(c_fc_->forward(input))));
+  Tensor hidden = fuse_activation_ ? c_fc_->forward(input, Activation::kGelu) : gelu(c_fc_->forward(input));
+  return dropout_layer_->forward(c_proj_->forward(hidden));
 }
 
 std::shared_ptr<Module> FeedForward::clone() const {
-  return clone_via([this] { return std::make_shared<FeedForward>(c_fc_->in_features(), dropout_); });
+  return clone_via([this] {
+    auto copy = std::make_shared<FeedForward>(c_fc_->in_features(), dropout_);
+    copy->fuse_activation_ = fuse_activation_;
+    return copy;
+  });
 }
 
 TransformerBlock::TransformerBlock(int64_t embed_dim, int64_t num_heads, double dropout) : dropout_(dropout) {

@@ -29,9 +29,13 @@ class FeedForward : public Module {
   std::shared_ptr<Module> clone() const override;
   const std::shared_ptr<Linear>& c_fc() const { return c_fc_; }
   const std::shared_ptr<Linear>& c_proj() const { return c_proj_; }
+  /// Whether c_fc's GELU runs in its epilogue (linear() with kGelu; on by default) or as
+  /// a separate op; the same result up to rounding.
+  void set_fuse_activation(bool on) { fuse_activation_ = on; }
 
  private:
   double dropout_;
+  bool fuse_activation_ = true;
   std::shared_ptr<Linear> c_fc_;
   std::shared_ptr<Linear> c_proj_;
   std::shared_ptr<Dropout> dropout_layer_;
