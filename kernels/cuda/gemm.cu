@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -80,19 +81,20 @@ using MatmulDesc = LtDescriptor<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>
 using LayoutDesc = LtDescriptor<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
 using PreferenceDesc = LtDescriptor<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
 
-/// The largest power of two (up to 16) dividing the address: what cuBLASLt's
-/// algorithm choice depends on, so part of the cache key.
-int alignment_of(const void* p) {
-  if (p == nullptr) return 16;
+/// The largest power of two (up to 256, cuBLASLt's default assumption) dividing the
+/// address: told to the heuristic, which otherwise assumes 256-byte operands, and so
+/// part of the cache key.
+uint32_t alignment_of(const void* p) {
+  if (p == nullptr) return 256;
   const auto address = reinterpret_cast<uintptr_t>(p);
-  int align = 1;
-  while (align < 16 && address % (2 * align) == 0) align *= 2;
+  uint32_t align = 1;
+  while (align < 256 && address % (2 * align) == 0) align *= 2;
   return align;
 }
 
 /// One linear_epilogue case: device, dtype, epilogue, TF32, m, n, k and the alignments
 /// of x, W, bias and y.
-using EpilogueKey = std::tuple<int, int, int, bool, int64_t, int64_t, int64_t, int, int, int, int>;
+using EpilogueKey = std::tuple<int, int, int, bool, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
 
 /// cuBLASLt's heuristic answer for a case, asked once: the algorithm, or none.
 struct EpilogueChoice {
@@ -205,6 +207,10 @@ bool linear_epilogue(DType dtype, Activation act, int64_t rows, int64_t out, int
                      const void* w, const void* bias, void* y, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream) {
   if (linear_epilogue_workspace_bytes(dtype) == 0 || rows == 0 || out == 0 || in == 0) return false;
+  // No preference tells the heuristic the bias's alignment, and the epilogue's vector
+  // loads need 16 bytes; PyTorch also keeps very long dimensions off this path.
+  constexpr int64_t kMaxDim = int64_t{65535} * 32;
+  if (alignment_of(bias) < 16 || rows >= kMaxDim || out >= kMaxDim || in >= kMaxDim) return false;
   cublasLtEpilogue_t epilogue;
   if (act == Activation::kNone && bias != nullptr) epilogue = CUBLASLT_EPILOGUE_BIAS;
   else if (act == Activation::kRelu) epilogue = bias != nullptr ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
@@ -238,8 +244,9 @@ bool linear_epilogue(DType dtype, Activation act, int64_t rows, int64_t out, int
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_desc.desc, type, static_cast<uint64_t>(k), static_cast<uint64_t>(n), k));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d_desc.desc, type, static_cast<uint64_t>(m), static_cast<uint64_t>(n), m));
 
-  const EpilogueKey key{device,          static_cast<int>(dtype), static_cast<int>(epilogue), tf32, m, n, k,
-                        alignment_of(w), alignment_of(x),          alignment_of(bias),         alignment_of(y)};
+  const uint32_t align_a = alignment_of(w), align_b = alignment_of(x), align_d = alignment_of(y);
+  const EpilogueKey key{device, static_cast<int>(dtype), static_cast<int>(epilogue), tf32, m, n, k,
+                        align_a, align_b, align_d};
   EpilogueChoice choice;
   {
     std::lock_guard<std::mutex> lock(epilogue_cache_mutex());
@@ -251,6 +258,14 @@ bool linear_epilogue(DType dtype, Activation act, int64_t rows, int64_t out, int
       CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.desc));
       CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.desc, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                         &workspace_bytes, sizeof(workspace_bytes)));
+      // C is D (y) here.
+      const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_d},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_d}};
+      for (const auto& [attribute, bytes] : alignments)
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.desc, attribute, &bytes, sizeof(bytes)));
       cublasLtMatmulHeuristicResult_t result{};
       int returned = 0;
       const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, op_desc.desc, a_desc.desc, b_desc.desc,
@@ -258,7 +273,7 @@ bool linear_epilogue(DType dtype, Activation act, int64_t rows, int64_t out, int
                                                                    &returned);
       // NOT_SUPPORTED is the heuristic's "no algorithm" answer; anything else is a failure.
       if (status != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(status);
-      choice.found = status == CUBLAS_STATUS_SUCCESS && returned > 0;
+      choice.found = status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
       if (choice.found) choice.algo = result.algo;
       else
         std::fprintf(stderr,
