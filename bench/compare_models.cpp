@@ -32,7 +32,10 @@
 #include "engine/ops/shape.h"
 #include "engine/random.h"
 #include "engine/storage.h"
+#include "engine/cuda/graph.h"
+#include "engine/ops/factory.h"
 #include "layers/checkpoint.h"
+#include "layers/dropout.h"
 #include "layers/models/gpt.h"
 #include "layers/sequential.h"
 #include "optim/adam.h"
@@ -176,6 +179,7 @@ int main(int argc, char** argv) {
   bool grad_checkpoint = false;
   bool tf32 = false;
   bool unfused = false;
+  bool cuda_graph = false;
   app.add_option("--model", model_name,
                  "mlp, cnn (Fashion-MNIST), resnet18 (3x32x32 synthetic images), gpt2 (GPT-2 small, 1024 "
                  "positions) or gpt-mini (6 layers, 384 wide, 256 positions); the GPTs on random tokens")
@@ -219,6 +223,10 @@ int main(int argc, char** argv) {
   app.add_flag("--unfused", unfused,
                "run each Linear and its ReLU/GELU as two ops (Sequential models, the GPTs' feed-forward) instead "
                "of one linear() with the activation in its epilogue, to measure the fusion");
+  app.add_flag("--cuda-graph", cuda_graph,
+               "capture the training step (forward, loss, backward, SGD step) in a CUDA graph once two eager steps "
+               "have warmed it up, then replay it for every batch of the captured shape (others run eagerly); "
+               "cuda, fp32 or bf16, mlp/cnn/resnet18 (SGD), no dropout");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -259,6 +267,21 @@ int main(int argc, char** argv) {
     if (breakdown == "layers" && grad_checkpoint) {
       throw std::invalid_argument("[tandem-compare] expected --breakdown none or phases with --grad-checkpoint, "
                                   "got layers (it runs each child on its own, past the checkpointed segments)");
+    }
+    if (cuda_graph) {
+      // What a replay cannot repeat correctly yet: host-side values that change every
+      // step (AdamW's bias corrections, the fp16 scaler's skip decision, dropout's
+      // random offsets) would be baked into the graph.
+      std::string why;
+      if (!device.is_cuda()) why = "a CUDA device (--device cuda)";
+      else if (precision == "fp16") why = "fp32 or bf16 (the fp16 GradScaler decides on the host)";
+      else if (gpt) why = "mlp, cnn or resnet18 (the GPTs' AdamW computes bias corrections on the host)";
+      else if (breakdown != "none") why = "--breakdown none";
+      for (const auto& [name, m] : model->named_modules()) {
+        if (auto* d = dynamic_cast<nn::Dropout*>(m.get()); d != nullptr && d->p() > 0 && why.empty())
+          why = "a model without dropout (its random offsets would repeat), got one at '" + name + "'";
+      }
+      if (!why.empty()) throw std::invalid_argument("[tandem-compare] --cuda-graph expects " + why);
     }
     if (unfused) {
       for (const auto& [name, m] : model->named_modules()) {
@@ -302,6 +325,12 @@ int main(int argc, char** argv) {
     auto train_start = Clock::now();
     int64_t samples = 0, batches = 0, seen = 0;
     Tensor last_loss;
+    // --cuda-graph: the captured step, its static input and target (the loader's batch
+    // is copied into them), and its loss.
+    cuda::Graph graph;
+    Tensor static_input, static_target, static_loss;
+    int64_t eager_steps = 0;
+    constexpr int64_t kEagerStepsBeforeCapture = 2;
     for (int64_t epoch = 0; epoch < epochs && (max_batches == 0 || batches < max_batches); ++epoch) {
       timer.start();
       for (data::Batch& batch : loader) {
@@ -310,7 +339,30 @@ int main(int argc, char** argv) {
         const bool time_phases = timed && breakdown != "none";
         if (time_phases) timer.lap("loader");
         Tensor loss;
-        if (breakdown == "layers" && timed) {
+        const bool replayable = graph.captured() && batch.input.shape() == static_input.shape() &&
+                                batch.target.shape() == static_target.shape();
+        const bool capture_now = cuda_graph && !graph.captured() && eager_steps >= kEagerStepsBeforeCapture &&
+                                 batch.input.size(0) == batch_size;
+        if (capture_now) {
+          static_input = empty_like(batch.input);
+          static_target = empty_like(batch.target);
+          optimizer.zero_grad();  // to none: the captured backward writes fresh gradients
+          synchronize(device);
+          graph.capture_begin();
+          {
+            AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
+            static_loss = train::prediction_loss((*model)(static_input), static_target);
+          }
+          static_loss.backward();
+          optimizer.step();
+          graph.capture_end();
+        }
+        if (capture_now || replayable) {
+          static_input.copy_(batch.input);
+          static_target.copy_(batch.target);
+          graph.replay();  // the capture itself ran nothing: this is the step
+          loss = static_loss;
+        } else if (breakdown == "layers" && timed) {
           loss = sequential_step_by_layer(*sequential, batch, optimizer, scaler, autocast, timer, layer_forward_ms,
                                           layer_backward_ms, device);
         } else {
@@ -329,6 +381,7 @@ int main(int argc, char** argv) {
           scaler.step(optimizer);
           scaler.update();
           if (time_phases) timer.lap("step");
+          ++eager_steps;
         }
         last_loss = loss.detach();
         if (!timed) {
@@ -365,6 +418,7 @@ int main(int argc, char** argv) {
         {"precision", precision},
         {"tf32", tf32},
         {"fused_activations", !unfused && breakdown != "layers"},
+        {"cuda_graph", cuda_graph},
         {"grad_checkpoint", grad_checkpoint},
         {"checkpoint_segments", checkpoint_segments},
         {"skipped_steps", scaler.skipped_steps()},

@@ -1,6 +1,7 @@
 // The caching allocator's policy, driven through a fake host-memory backend (no GPU
 // needed): rounding, segment sizes, reuse, splitting, coalescing, per-stream pools,
-// record_stream deferral, out-of-memory recovery and statistics. Also the public
+// record_stream deferral, out-of-memory recovery, private pools for CUDA graph captures
+// and statistics. Also the public
 // runtime API's answers on a machine (or build) without a CUDA device.
 #include <gtest/gtest.h>
 
@@ -43,6 +44,8 @@ struct FakeState {
   int64_t events_created = 0;
   int64_t events_destroyed = 0;
   int64_t records = 0;
+  int64_t queries = 0;
+  std::map<cudaStream_t, uint64_t> capturing;  // streams under a graph capture, and its id
 
   /// Marks every event recorded on `stream` as passed, as if the stream caught up.
   void complete(Stream stream) {
@@ -90,11 +93,18 @@ class FakeBackend final : public AllocatorBackend {
     fake->done = false;
     state_->records += 1;
   }
-  bool event_query(cudaEvent_t event) override { return from(event)->done; }
+  bool event_query(cudaEvent_t event) override {
+    state_->queries += 1;
+    return from(event)->done;
+  }
   void event_synchronize(cudaEvent_t event) override { from(event)->done = true; }
   void event_destroy(cudaEvent_t event) override {
     from(event)->stream = Stream();
     state_->events_destroyed += 1;
+  }
+  uint64_t capture_id(cudaStream_t stream) override {
+    auto it = state_->capturing.find(stream);
+    return it == state_->capturing.end() ? 0 : it->second;
   }
 
  private:
@@ -664,6 +674,166 @@ TEST_F(CachingAllocatorTest, ThreadsShareOneAllocator) {
 }
 
 // ---- the public runtime API without a device ----------------------------------------
+
+// ---- private pools for CUDA graph captures -------------------------------------------
+
+/// The private pool of the segment holding `ptr` (0: the shared cache), -1 if none does.
+int64_t pool_of(const CachingAllocator& allocator, const void* ptr) {
+  const auto address = reinterpret_cast<uintptr_t>(ptr);
+  for (const SegmentSnapshot& segment : allocator.snapshot())
+    if (address >= segment.address && address < segment.address + segment.size) return static_cast<int64_t>(segment.pool);
+  return -1;
+}
+
+TEST_F(CachingAllocatorTest, CaptureAllocatesFromItsPrivatePoolOnly) {
+  void* shared = allocator->allocate(kKiB, s1);
+  allocator->free(shared);  // a free block on s1 in the shared cache
+  const int64_t raw_before = state->raw_allocs;
+
+  state->capturing[s1] = 7;
+  allocator->begin_allocate_to_pool(/*pool=*/1, /*capture_id=*/7);
+  void* a = allocator->allocate(kKiB, s1);
+  EXPECT_NE(a, shared) << "a capture must not take blocks of the shared cache";
+  EXPECT_EQ(state->raw_allocs, raw_before + 1);
+  EXPECT_EQ(pool_of(*allocator, a), 1);
+  allocator->free(a);
+  void* b = allocator->allocate(kKiB, s1);  // freed in the capture: reused in capture order
+  EXPECT_EQ(b, a);
+  void* other = allocator->allocate(kKiB, s2);  // s2 takes no part in the capture
+  EXPECT_EQ(pool_of(*allocator, other), 0);
+  allocator->end_allocate_to_pool(1);
+  state->capturing.clear();
+
+  // After the capture the private blocks stay out of everyone else's reach, free or not.
+  allocator->free(b);
+  void* eager = allocator->allocate(kKiB, s1);
+  EXPECT_EQ(eager, shared);
+  void* eager2 = allocator->allocate(kKiB, s1);
+  EXPECT_EQ(pool_of(*allocator, eager2), 0);
+  EXPECT_NE(eager2, a);
+  for (void* p : {eager, eager2, other}) allocator->free(p);
+  allocator->release_pool(1);
+}
+
+TEST_F(CachingAllocatorTest, ReleasedPoolReturnsSegmentsWhenTheirBlocksAreFree) {
+  state->capturing[s1] = 3;
+  allocator->begin_allocate_to_pool(5, 3);
+  void* big = allocator->allocate(4 * kMiB, s1);  // outlives the graph, as a static output would
+  void* small = allocator->allocate(kKiB, s1);
+  allocator->free(small);
+  allocator->end_allocate_to_pool(5);
+  state->capturing.clear();
+  EXPECT_EQ(state->live.size(), 2u);
+
+  allocator->empty_cache();  // the graph still holds the pool: nothing goes
+  EXPECT_EQ(state->live.size(), 2u);
+  const int64_t syncs = state->synchronizes;
+  allocator->release_pool(5);
+  EXPECT_EQ(state->live.size(), 1u) << "the free segment goes back at release";
+  EXPECT_GT(state->synchronizes, syncs) << "after the graph's last replay has finished";
+  allocator->free(big);
+  EXPECT_TRUE(state->live.empty()) << "the last block of a released pool takes its segment with it";
+  EXPECT_EQ(allocator->stats().reserved_bytes, 0);
+  EXPECT_THROW(allocator->release_pool(5), std::logic_error);
+}
+
+TEST_F(CachingAllocatorTest, PoolSharedByTwoGraphsLivesUntilBothRelease) {
+  for (uint64_t capture : {11u, 12u}) {
+    state->capturing[s1] = capture;
+    allocator->begin_allocate_to_pool(2, capture);
+    allocator->free(allocator->allocate(kKiB, s1));
+    allocator->end_allocate_to_pool(2);
+  }
+  state->capturing.clear();
+  EXPECT_EQ(state->live.size(), 1u) << "the second capture reused the first one's freed block";
+  allocator->release_pool(2);
+  EXPECT_EQ(state->live.size(), 1u);
+  allocator->release_pool(2);
+  EXPECT_TRUE(state->live.empty());
+}
+
+TEST_F(CachingAllocatorTest, CaptureNeitherQueriesEventsNorFrees) {
+  void* used_elsewhere = allocator->allocate(kKiB, s1);
+  allocator->record_stream(used_elsewhere, Stream(0, s2));
+  void* cached = allocator->allocate(4 * kMiB, s1);
+  allocator->free(cached);
+
+  state->capturing[s1] = 9;
+  allocator->begin_allocate_to_pool(4, 9);
+  const int64_t queries = state->queries, records = state->records, frees = state->raw_frees;
+  void* a = allocator->allocate(kKiB, s1);
+  allocator->record_stream(a, Stream(0, s2));
+  allocator->free(a);  // would need an event on s2: deferred to the end of the capture
+  void* b = allocator->allocate(kKiB, s1);
+  EXPECT_NE(b, a) << "a block waiting for another stream is not reused";
+  allocator->free(used_elsewhere);
+  allocator->empty_cache();
+  EXPECT_EQ(state->queries, queries);
+  EXPECT_EQ(state->records, records);
+  EXPECT_EQ(state->raw_frees, frees);
+  allocator->free(b);
+  allocator->end_allocate_to_pool(4);
+  state->capturing.clear();
+  EXPECT_EQ(state->records, records + 2) << "both deferred frees record their event on s2 after the capture";
+  allocator->release_pool(4);
+}
+
+TEST_F(CachingAllocatorTest, CaptureElsewhereKeepsThisCacheStillToo) {
+  // Pinned memory, or another device's cache, while some device captures: the
+  // capturing thread may call in, so nothing may query or record events or free.
+  void* used_elsewhere = allocator->allocate(kKiB, s1);
+  allocator->record_stream(used_elsewhere, Stream(0, s2));
+  allocator->free(allocator->allocate(4 * kMiB, s1));
+  allocator->note_capture_begin();
+  const int64_t queries = state->queries, records = state->records;
+  allocator->free(used_elsewhere);
+  allocator->free(allocator->allocate(kKiB, s1));
+  allocator->empty_cache();
+  EXPECT_EQ(state->queries, queries);
+  EXPECT_EQ(state->records, records);
+  EXPECT_EQ(state->raw_frees, 0);
+  allocator->note_capture_end();
+  EXPECT_EQ(state->records, records + 1) << "the deferred free records its event once the capture is over";
+  allocator->empty_cache();
+  EXPECT_EQ(state->raw_frees, 2) << "both segments: empty_cache waits for the deferred free's event now";
+}
+
+TEST_F(CachingAllocatorTest, OutOfMemoryDuringACaptureKeepsTheCache) {
+  state->capacity = 8 * kMiB;
+  allocator->free(allocator->allocate(6 * kMiB, s1));
+  state->capturing[s2] = 1;
+  allocator->begin_allocate_to_pool(1, 1);
+  const int64_t syncs = state->synchronizes;
+  try {
+    allocator->allocate(4 * kMiB, s2);
+    FAIL() << "expected OutOfMemoryError";
+  } catch (const OutOfMemoryError& e) {
+    EXPECT_NE(std::string(e.what()).find("during a CUDA graph capture"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(state->synchronizes, syncs);
+  EXPECT_EQ(state->raw_frees, 0);
+  allocator->end_allocate_to_pool(1);
+  allocator->release_pool(1);
+}
+
+TEST_F(CachingAllocatorTest, CaptureArgumentErrors) {
+  EXPECT_THROW(allocator->begin_allocate_to_pool(0, 1), std::invalid_argument);
+  EXPECT_THROW(allocator->begin_allocate_to_pool(1, 0), std::invalid_argument);
+  allocator->begin_allocate_to_pool(1, 1);
+  EXPECT_THROW(allocator->begin_allocate_to_pool(2, 1), std::logic_error);  // one pool per capture
+  EXPECT_THROW(allocator->begin_allocate_to_pool(1, 2), std::logic_error);  // one capture at a time per pool
+  allocator->end_allocate_to_pool(1);
+  allocator->release_pool(1);
+  EXPECT_THROW(allocator->release_pool(3), std::logic_error);
+  EXPECT_THROW(allocator->note_capture_end(), std::logic_error);
+  CachingAllocator uncached(std::make_unique<FakeBackend>(state), "cuda:0", "device_alloc", /*caching=*/false);
+  try {
+    uncached.begin_allocate_to_pool(1, 1);
+    FAIL() << "expected std::logic_error";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find("TANDEM_CUDA_CACHING_ALLOCATOR"), std::string::npos) << e.what();
+  }
+}
 
 TEST(CudaRuntimeWithoutDevice, ReportsNoDeviceAndWhy) {
   if (is_available()) GTEST_SKIP() << "a CUDA device is present; tests/test_cuda_runtime.cpp covers it";

@@ -1,6 +1,6 @@
 // The caching allocator's policy, separate from the driver: size rounding, segments,
-// per-stream best-fit pools, block splitting and coalescing, record_stream deferral
-// and statistics. It talks to memory and events only through AllocatorBackend, so
+// per-stream best-fit pools, block splitting and coalescing, record_stream deferral,
+// private pools for CUDA graph captures, and statistics. It talks to memory and events only through AllocatorBackend, so
 // the same code serves device memory (cudaMalloc), pinned host memory (cudaHostAlloc)
 // and the tests, which drive it with a fake host-memory backend and no GPU.
 #pragma once
@@ -39,7 +39,11 @@ class AllocatorBackend {
   virtual bool event_query(cudaEvent_t event) = 0;
   virtual void event_synchronize(cudaEvent_t event) = 0;
   virtual void event_destroy(cudaEvent_t event) = 0;
+  /// The id of the CUDA graph capture that `stream` takes part in, 0 when it is not
+  /// capturing (asked only while some capture routes allocations to a private pool).
+  virtual uint64_t capture_id(cudaStream_t /*stream*/) { return 0; }
 };
+
 
 /// One segment as seen by snapshot(): its blocks in address order.
 struct SegmentSnapshot {
@@ -51,7 +55,8 @@ struct SegmentSnapshot {
   uintptr_t address = 0;
   size_t size = 0;
   cudaStream_t stream = nullptr;
-  bool small = false;  // from the small pool (2 MiB segments)
+  bool small = false;    // from the small pool (2 MiB segments)
+  MempoolId pool = 0;    // the private pool it belongs to, 0 for the shared cache
   std::vector<BlockInfo> blocks;
 };
 
@@ -101,8 +106,36 @@ class CachingAllocator {
   /// The segments in address order, for tests and debugging.
   std::vector<SegmentSnapshot> snapshot() const;
 
+  // ---- CUDA graphs ----------------------------------------------------------------
+  // A graph replays its kernels on the addresses they had at capture, so the memory a
+  // capture allocates must stay out of everyone else's reach while the graph lives:
+  // it comes from a private pool, whose freed blocks only later allocations of
+  // captures into the same pool reuse (in capture order, which replay repeats).
+
+  /// Routes allocations on streams taking part in capture `capture_id`
+  /// (AllocatorBackend::capture_id) to private pool `pool` (made on first use) until
+  /// end_allocate_to_pool. Each call counts as one user of the pool (a graph), undone by
+  /// release_pool. While any capture is routed, nothing waits for or queries events
+  /// (illegal while capturing): frees that need record_stream events are deferred to
+  /// the end of the capture, and no segment goes back to the backend. Throws
+  /// std::logic_error when caching is off (there is then no pool to keep).
+  void begin_allocate_to_pool(MempoolId pool, uint64_t capture_id);
+  /// Stops routing the capture of `pool`.
+  void end_allocate_to_pool(MempoolId pool);
+  /// A capture this allocator routes nothing for is in progress (on another device, or
+  /// any capture for the pinned-memory cache): the thread capturing may still call in,
+  /// so behave as during an own capture (no event queries or records, no frees) until
+  /// the matching note_capture_end.
+  void note_capture_begin();
+  void note_capture_end();
+  /// One user of `pool` (a graph) is gone; when none is left, the pool's segments go
+  /// back to the backend as soon as all their blocks are free (tensors allocated in the
+  /// capture may outlive the graph).
+  void release_pool(MempoolId pool);
+
  private:
   struct Block;
+  struct PrivatePool;
   // Pools order blocks by (stream, size, address): lower_bound on (stream, size)
   // finds the best fit on that stream, and blocks of other streams are never seen.
   struct BlockOrder {
@@ -116,9 +149,21 @@ class CachingAllocator {
   };
 
   Block* find_free_block(Pool& pool, cudaStream_t stream, size_t size);
+  /// The pool a block of `small` size for `owner` (null: the shared cache) goes to.
+  Pool& pool_for(bool small, PrivatePool* owner);
+  /// The private pool that allocations on `stream` are routed to now, or null.
+  PrivatePool* routed_pool(cudaStream_t stream);
+  /// Frees the segments of released private pools whose blocks are all free.
+  void release_unused_private_segments();
+  /// Records the record_stream events of frees deferred during captures.
+  void process_deferred_frees();
+  bool capturing() const { return !routes_.empty() || foreign_captures_ > 0; }
   void* alloc_segment(size_t size, size_t requested);
   void split_block(Block* block, size_t size, Pool& pool);
   void free_block(Block* block);
+  /// Records events for the streams that used a freed block, then pools it (at once,
+  /// or when the events have passed).
+  void return_block(Block* block);
   void process_events();
   void synchronize_events();
   void release_cached_segments();
@@ -138,6 +183,10 @@ class CachingAllocator {
   // segment's first block lives as long as the segment.
   std::map<uintptr_t, Block*> segments_;
   std::deque<PendingEvent> pending_events_;
+  std::map<MempoolId, std::unique_ptr<PrivatePool>> private_pools_;
+  std::vector<std::pair<uint64_t, PrivatePool*>> routes_;  // (capture id, pool) being captured
+  std::vector<Block*> deferred_frees_;  // freed during a capture, events still to record
+  int foreign_captures_ = 0;             // note_capture_begin calls not yet ended
   std::unordered_map<int, std::vector<cudaEvent_t>> spare_events_;  // by device, for reuse
   MemoryStats stats_;
 };

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/graph.h"
 #include "engine/cuda/runtime.h"
 
 namespace tandem::cuda {
@@ -99,5 +100,18 @@ void pinned_record_stream(void* /*ptr*/, Stream stream) { check_device(stream.de
 void memcpy_async(void* /*dst*/, const void* /*src*/, size_t /*nbytes*/, Stream stream) {
   check_device(stream.device(), "memcpy_async");
 }
+
+// ---- CUDA graphs --------------------------------------------------------------------
+
+MempoolId graph_pool_handle() { no_cuda("graph_pool_handle"); }
+void begin_allocate_to_pool(int device, MempoolId, uint64_t) { check_device(device, "begin_allocate_to_pool"); }
+void end_allocate_to_pool(int device, MempoolId) { check_device(device, "end_allocate_to_pool"); }
+void release_pool(int device, MempoolId) { check_device(device, "release_pool"); }
+
+Graph::~Graph() = default;
+void Graph::capture_begin(MempoolId) { no_cuda("Graph::capture_begin"); }
+void Graph::capture_end() { no_cuda("Graph::capture_end"); }
+void Graph::replay() { no_cuda("Graph::replay"); }
+void Graph::reset() {}  // nothing can have been captured
 
 }  // namespace tandem::cuda

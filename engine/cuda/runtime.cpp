@@ -90,7 +90,13 @@ class DeviceMemoryBackend final : public EventBackend {
   void* raw_alloc(size_t nbytes) override {
     DeviceGuard guard(device_);
     void* ptr = nullptr;
+    // cudaMalloc is not allowed from a thread capturing a graph in the default modes;
+    // a new segment during a capture is safe (it is not part of the graph), so this
+    // call runs in relaxed mode, as PyTorch's allocator does.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     cudaError_t err = cudaMalloc(&ptr, nbytes);
+    CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();  // out of memory is reported by the allocator, with its stats
       return nullptr;
@@ -106,6 +112,12 @@ class DeviceMemoryBackend final : public EventBackend {
     DeviceGuard guard(device_);
     CUDA_CHECK(cudaDeviceSynchronize());
   }
+  uint64_t capture_id(cudaStream_t stream) override {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    unsigned long long id = 0;
+    CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &status, &id));
+    return status == cudaStreamCaptureStatusActive ? id : 0;
+  }
 
  private:
   int device_;
@@ -115,8 +127,12 @@ class PinnedMemoryBackend final : public EventBackend {
  public:
   void* raw_alloc(size_t nbytes) override {
     void* ptr = nullptr;
-    // Portable: page-locked for every device, so one cache serves all of them.
+    // Relaxed capture mode, as for cudaMalloc above. Portable: page-locked for every
+    // device, so one cache serves all of them.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     cudaError_t err = cudaHostAlloc(&ptr, nbytes, cudaHostAllocPortable);
+    CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
       return nullptr;
@@ -386,6 +402,31 @@ void reset_peak_memory_stats(int device) {
 void empty_cache() {
   for (int i = 0; i < device_count(); ++i) device_state(i).allocator->empty_cache();
   if (device_count() > 0) pinned_allocator().empty_cache();
+}
+
+// The other caches must also keep still while a capture is in progress: the capturing
+// thread may free pinned or other-device memory, and may not query or record events.
+void for_other_caches(int device, void (CachingAllocator::*note)()) {
+  for (int d = 0; d < device_count(); ++d)
+    if (d != device) (device_state(d).allocator.get()->*note)();
+  (pinned_allocator().*note)();
+}
+
+void begin_allocate_to_pool(int device, MempoolId pool, uint64_t capture_id) {
+  check_device(device, "begin_allocate_to_pool");
+  device_state(device).allocator->begin_allocate_to_pool(pool, capture_id);
+  for_other_caches(device, &CachingAllocator::note_capture_begin);
+}
+
+void end_allocate_to_pool(int device, MempoolId pool) {
+  check_device(device, "end_allocate_to_pool");
+  device_state(device).allocator->end_allocate_to_pool(pool);
+  for_other_caches(device, &CachingAllocator::note_capture_end);
+}
+
+void release_pool(int device, MempoolId pool) {
+  check_device(device, "release_pool");
+  device_state(device).allocator->release_pool(pool);
 }
 
 void* device_alloc(int device, size_t nbytes, cudaStream_t stream) {

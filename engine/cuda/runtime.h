@@ -172,4 +172,17 @@ void pinned_record_stream(void* ptr, Stream stream);
 /// cudaMemcpyAsync with cudaMemcpyDefault on `stream`.
 void memcpy_async(void* dst, const void* src, size_t nbytes, Stream stream);
 
+// ---- private pools of CUDA graphs (engine/cuda/graph.h) ------------------------------
+
+/// A memory pool private to CUDA graphs (0: none, the shared cache).
+using MempoolId = uint64_t;
+/// A new pool id, for graphs that share one pool (Graph::capture_begin), as
+/// torch.cuda.graph_pool_handle().
+MempoolId graph_pool_handle();
+/// The caching allocator of `device` routes allocations on streams taking part in
+/// capture `capture_id` to `pool` (CachingAllocator::begin_allocate_to_pool); for Graph.
+void begin_allocate_to_pool(int device, MempoolId pool, uint64_t capture_id);
+void end_allocate_to_pool(int device, MempoolId pool);
+void release_pool(int device, MempoolId pool);
+
 }  // namespace tandem::cuda

@@ -1,0 +1,165 @@
+// CUDA graphs: ops and a whole training step (forward, backward, SGD) captured once and
+// replayed on new data against the same work run eagerly; the private pool keeping the
+// graph's memory from eager tensors and returning it after reset; and the errors.
+// Skips without a device, and under TANDEM_CUDA_CACHING_ALLOCATOR=0 (gpu-check's
+// memcheck stage), where capture is refused by design.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/cuda/graph.h"
+#include "engine/cuda/runtime.h"
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "layers/activation.h"
+#include "layers/linear.h"
+#include "layers/sequential.h"
+#include "optim/sgd.h"
+#include "test_util.h"
+
+namespace tandem::cuda {
+namespace {
+
+using testing::all_close;
+using testing::random_indices;
+using testing::random_tensor;
+
+const Device kGpu = Device::cuda(0);
+
+class CudaGraph : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    TANDEM_REQUIRE_CUDA();
+    if (const char* v = std::getenv("TANDEM_CUDA_CACHING_ALLOCATOR"); v != nullptr && std::string(v) == "0")
+      GTEST_SKIP() << "TANDEM_CUDA_CACHING_ALLOCATOR=0: graph capture needs the caching allocator";
+  }
+};
+
+TEST_F(CudaGraph, ReplayRecomputesCapturedOpsOnNewInputs) {
+  const Tensor w = random_tensor({16, 32}, 1, DType::kF32, kGpu), b = random_tensor({16}, 2, DType::kF32, kGpu);
+  Tensor x = random_tensor({8, 32}, 3, DType::kF32, kGpu);
+  autograd::NoGradGuard no_grad;
+  (void)linear(x, w, b, Activation::kGelu);  // warm-up: cuBLASLt's heuristic, first allocations
+  synchronize(0);
+
+  Graph graph;
+  graph.capture_begin();
+  const Tensor y = linear(x, w, b, Activation::kGelu) * 2.0 + 1.0;
+  graph.capture_end();
+  EXPECT_TRUE(graph.captured());
+  for (uint64_t seed : {4u, 5u, 6u}) {
+    const Tensor xn = random_tensor({8, 32}, seed, DType::kF32);
+    x.copy_(xn);
+    graph.replay();
+    const Tensor want = linear(xn, w.cpu(), b.cpu(), Activation::kGelu) * 2.0 + 1.0;
+    EXPECT_TRUE(all_close(y.cpu(), want, 1e-5, 1e-5)) << "seed " << seed;
+  }
+}
+
+std::shared_ptr<nn::Sequential> make_mlp() {
+  manual_seed(11);
+  auto model = std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(20, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 5)});
+  model->to(kGpu);
+  return model;
+}
+
+TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
+  auto eager = make_mlp(), captured = make_mlp();
+  const optim::SGDOptions options{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4};
+  optim::SGD eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
+  auto batch = [](uint64_t seed) {
+    return std::pair{random_tensor({16, 20}, seed, DType::kF32), random_indices({16}, 5, seed + 100)};
+  };
+  auto eager_step = [&](nn::Module& model, optim::SGD& opt, const Tensor& x, const Tensor& y) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model.forward(x.to(kGpu)), y.to(kGpu));
+    loss.backward();
+    opt.step();
+    return loss.cpu();
+  };
+  // Warm-up, eagerly on both: momentum buffers and every first allocation exist before
+  // the capture, as they must.
+  for (uint64_t seed : {1u, 2u}) {
+    auto [x, y] = batch(seed);
+    eager_step(*eager, eager_opt, x, y);
+    eager_step(*captured, captured_opt, x, y);
+  }
+  Tensor static_x = Tensor::empty({16, 20}, {.dtype = DType::kF32, .device = kGpu});
+  Tensor static_y = Tensor::empty({16}, {.dtype = DType::kI64, .device = kGpu});
+  captured_opt.zero_grad();  // set to none: the captured backward writes fresh gradients
+  synchronize(0);
+  Graph graph;
+  graph.capture_begin();
+  Tensor static_loss = cross_entropy(captured->forward(static_x), static_y);
+  static_loss.backward();
+  captured_opt.step();
+  graph.capture_end();
+
+  for (uint64_t seed : {3u, 4u, 5u, 6u}) {
+    auto [x, y] = batch(seed);
+    static_x.copy_(x);
+    static_y.copy_(y);
+    graph.replay();
+    const Tensor want_loss = eager_step(*eager, eager_opt, x, y);
+    EXPECT_TRUE(all_close(static_loss.cpu(), want_loss, 1e-6, 1e-6)) << "seed " << seed;
+  }
+  const auto pe = eager->parameters(), pc = captured->parameters();
+  ASSERT_EQ(pe.size(), pc.size());
+  for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
+}
+
+TEST_F(CudaGraph, PrivatePoolKeepsGraphMemoryAndReturnsItAfterReset) {
+  Tensor x = random_tensor({1 << 20}, 7, DType::kF32, kGpu);
+  synchronize(0);
+  auto graph = std::make_unique<Graph>();
+  graph->capture_begin();
+  Tensor doubled = x * 2.0;
+  Tensor scratch = doubled + 1.0;  // freed inside the capture, reused by the next op
+  scratch = Tensor();
+  Tensor out = doubled * 3.0;
+  graph->capture_end();
+  doubled = Tensor();
+
+  // Eager tensors made now must not land on the graph's memory, free or not.
+  Tensor eager = random_tensor({1 << 20}, 8, DType::kF32, kGpu);
+  const Tensor eager_before = eager.cpu();
+  graph->replay();
+  EXPECT_TRUE(all_close(eager.cpu(), eager_before, 0, 0));
+  EXPECT_TRUE(all_close(out.cpu(), x.cpu() * 6.0, 1e-6, 1e-6));
+
+  const int64_t reserved = memory_stats(0).reserved_bytes;
+  graph->reset();
+  out = Tensor();  // the last tensor allocated in the capture
+  EXPECT_LT(memory_stats(0).reserved_bytes, reserved) << "the pool's segments go back once the graph and its "
+                                                         "tensors are gone";
+}
+
+TEST_F(CudaGraph, MisuseAndIllegalCapturesAreReported) {
+  Graph graph;
+  EXPECT_THROW(graph.replay(), std::logic_error);
+  EXPECT_THROW(graph.capture_end(), std::logic_error);
+  Tensor x = random_tensor({64}, 9, DType::kF32, kGpu);
+  synchronize(0);
+  graph.capture_begin();
+  EXPECT_THROW(graph.capture_begin(), std::logic_error);
+  // Reading a value to the host synchronises: illegal in a capture, which it invalidates.
+  EXPECT_THROW((void)x.sum().item(), std::runtime_error);
+  EXPECT_THROW(graph.capture_end(), std::runtime_error);
+  EXPECT_FALSE(graph.captured());
+  graph.reset();
+  // The stream and the graph work again afterwards.
+  graph.capture_begin();
+  Tensor y = x + 1.0;
+  graph.capture_end();
+  graph.replay();
+  EXPECT_TRUE(all_close(y.cpu(), x.cpu() + 1.0, 0, 0));
+}
+
+}  // namespace
+}  // namespace tandem::cuda
