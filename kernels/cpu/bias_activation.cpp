@@ -3,10 +3,12 @@
 #include "kernels/cpu/bias_activation.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/bias_activation_math.h"
 #include "kernels/common.h"
+#include "kernels/cpu/gelu.h"
 #include "kernels/cpu/parallel.h"
 
 namespace tandem::kernels::cpu {
@@ -20,6 +22,19 @@ template <Activation Act, class T>
 void forward_typed(T* out, T* hidden, const T* bias, int64_t rows, int64_t cols) {
   using C = compute_t<T>;
   const bool keep_hidden = out != hidden;
+  if constexpr (Act == Activation::kGelu && std::is_same_v<T, float>) {
+    // The bias in place, then the vectorised GELU (gelu.h) row by row.
+#pragma omp parallel for if (rows * cols > kParallelMinElements)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* h = hidden + r * cols;
+      if (bias) {
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) h[c] += bias[c];
+      }
+      gelu_f32(out + r * cols, h, cols);
+    }
+    return;
+  }
 #pragma omp parallel for if (rows * cols > kParallelMinElements)
   for (int64_t r = 0; r < rows; ++r) {
     T* h = hidden + r * cols;
@@ -39,6 +54,16 @@ void forward_typed(T* out, T* hidden, const T* bias, int64_t rows, int64_t cols)
 template <Activation Act, bool kSum, class T>
 void grad_rows(T* dh, const T* dy, const T* s, int64_t begin, int64_t end, int64_t cols, double* acc) {
   using C = compute_t<T>;
+  if constexpr (Act == Activation::kGelu && std::is_same_v<T, float>) {
+    gelu_grad_f32(dh + begin * cols, dy + begin * cols, s + begin * cols, (end - begin) * cols);  // vectorised
+    if constexpr (kSum) {
+      for (int64_t r = begin; r < end; ++r) {
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) acc[c] += static_cast<double>(dh[r * cols + c]);
+      }
+    }
+    return;
+  }
   for (int64_t r = begin; r < end; ++r) {
     const int64_t base = r * cols;
 #pragma omp simd

@@ -1,7 +1,10 @@
 // CPU element-wise kernels. Loops are written so the compiler vectorises the
 // contiguous cases; large arrays are split across cores with OpenMP.
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gelu.h"
 #include "kernels/cpu/parallel.h"
+
+#include <type_traits>
 
 #include "kernels/common.h"
 #include "kernels/elementwise_math.h"
@@ -75,6 +78,9 @@ void scalar_loop(T* out, const T* a, double s_d, int64_t n) {
 
 template <class T>
 void unary_typed(UnaryOp op, T* out, const T* in, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (op == UnaryOp::kGelu) return gelu_f32(out, in, n);  // vectorised erf
+  }
   switch (op) {
     case UnaryOp::kNeg: return unary_loop<UnaryOp::kNeg>(out, in, n);
     case UnaryOp::kExp: return unary_loop<UnaryOp::kExp>(out, in, n);
@@ -91,6 +97,9 @@ void unary_typed(UnaryOp op, T* out, const T* in, int64_t n) {
 
 template <class T>
 void unary_grad_typed(UnaryGradOp op, T* dx, const T* dy, const T* s, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (op == UnaryGradOp::kGelu) return gelu_grad_f32(dx, dy, s, n);  // vectorised erf and exp
+  }
   switch (op) {
     case UnaryGradOp::kRelu: return unary_grad_loop<UnaryGradOp::kRelu>(dx, dy, s, n);
     case UnaryGradOp::kGelu: return unary_grad_loop<UnaryGradOp::kGelu>(dx, dy, s, n);
