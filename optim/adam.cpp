@@ -30,7 +30,12 @@ void check_options(const char* name, const AdamOptions& o) {
 }
 
 AdamOptions as_adam_options(const AdamWOptions& o) {
-  return {.lr = o.lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay, .amsgrad = o.amsgrad};
+  return {.lr = o.lr,
+          .betas = o.betas,
+          .eps = o.eps,
+          .weight_decay = o.weight_decay,
+          .amsgrad = o.amsgrad,
+          .capturable = o.capturable};
 }
 
 const std::string kStepPrefix = "step.";
@@ -69,6 +74,7 @@ void Adam::step() {
   std::vector<Tensor>& exp_avg_sq = state("exp_avg_sq");
   std::vector<Tensor>* max_exp_avg_sq = options_.amsgrad ? &state("max_exp_avg_sq") : nullptr;
   steps_.resize(flat_index(groups_.size(), 0), 0);
+  if (options_.capturable) step_counts_.resize(steps_.size());
 
   // Checks every parameter before any update; then builds every batch's kernel argument
   // list (allocating moments) before any launch. `batches` and the state keep the tensors alive.
@@ -95,6 +101,11 @@ void Adam::step() {
       ref.lr = item.lr;
       ref.weight_decay = item.weight_decay;
       ref.step = ++steps_[item.flat];
+      if (options_.capturable) {
+        Tensor& count = step_counts_[item.flat];
+        if (!count.defined()) count = full({1}, static_cast<double>(ref.step - 1), {.dtype = DType::kF64, .device = item.param.device()});
+        ref.step_count = count.data<double>();
+      }
       refs_of[b].push_back(ref);
     }
   }
@@ -114,14 +125,30 @@ void Adam::step() {
           kernels::cuda::adam_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), beta1, beta2,
                                            options_.eps, options_.amsgrad, decoupled_, cuda_stream(device));
         });
+    if (options_.capturable) {
+      // After the step read them (stream order): the counts move on by one.
+      std::vector<double*> counts;
+      for (const kernels::AdamTensorRef& ref : refs) counts.push_back(const_cast<double*>(ref.step_count));
+      const auto n = static_cast<int64_t>(counts.size());
+      dispatch_device(
+          "adam", device, [&] { kernels::cpu::increment_step_counts(counts.data(), n); },
+          [&](auto) { kernels::cuda::increment_step_counts(counts.data(), n, cuda_stream(device)); });
+    }
   }
   ++step_count_;
+}
+
+int64_t Adam::param_step(size_t flat) const {
+  if (flat < step_counts_.size() && step_counts_[flat].defined()) return static_cast<int64_t>(step_counts_[flat].item());
+  return flat < steps_.size() ? steps_[flat] : 0;
 }
 
 OptimizerState Adam::state_dict() const {
   OptimizerState out = Optimizer::state_dict();
   for (size_t i = 0; i < steps_.size(); ++i) {
-    if (steps_[i] > 0) out.scalars[kStepPrefix + std::to_string(i)] = static_cast<double>(steps_[i]);
+    // Capturable counts are read from their device: graph replays step them there.
+    const int64_t step = param_step(i);
+    if (step > 0) out.scalars[kStepPrefix + std::to_string(i)] = static_cast<double>(step);
   }
   return out;
 }
@@ -170,6 +197,10 @@ void Adam::load_state_dict(const OptimizerState& saved) {
   }
   Optimizer::load_state_dict(base);  // checks the rest; throws before changing anything
   steps_ = std::move(steps);
+  // Capturable counts keep their tensors (a captured graph holds their addresses).
+  for (size_t i = 0; i < step_counts_.size(); ++i) {
+    if (step_counts_[i].defined()) step_counts_[i].fill_(static_cast<double>(steps_[i]));
+  }
 }
 
 }  // namespace tandem::optim

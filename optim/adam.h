@@ -17,6 +17,11 @@ struct AdamOptions {
   double eps = 1e-8;
   double weight_decay = 0.0;
   bool amsgrad = false;
+  /// As torch's capturable=True: each parameter's step count lives in a one-element
+  /// f64 tensor on its device, which the step kernels read and increment, so a step()
+  /// captured in a CUDA graph replays with the right bias corrections. lr and weight
+  /// decay are read at capture and stay fixed in the graph (as a float lr in PyTorch).
+  bool capturable = false;
 };
 
 /// AdamW's hyperparameters; weight decay is decoupled (p *= 1 - lr·wd), default 1e-2 as torch.
@@ -26,6 +31,8 @@ struct AdamWOptions {
   double eps = 1e-8;
   double weight_decay = 1e-2;
   bool amsgrad = false;
+  /// See AdamOptions::capturable.
+  bool capturable = false;
 };
 
 class Adam : public Optimizer {
@@ -44,8 +51,9 @@ class Adam : public Optimizer {
   const AdamOptions& options() const { return options_; }
   /// True for AdamW (decoupled weight decay).
   bool decoupled_weight_decay() const { return decoupled_; }
-  /// Step count of parameter `flat` (index over all groups in order); 0 before its first update.
-  int64_t param_step(size_t flat) const { return flat < steps_.size() ? steps_[flat] : 0; }
+  /// Step count of parameter `flat` (index over all groups in order); 0 before its first
+  /// update. Capturable: read from the device (a synchronisation), so graph replays count.
+  int64_t param_step(size_t flat) const;
 
   /// The base state plus per-parameter scalars "step.<i>" (PyTorch's state["step"]),
   /// tensors "exp_avg.<i>", "exp_avg_sq.<i>" and with AMSGrad "max_exp_avg_sq.<i>".
@@ -63,6 +71,9 @@ class Adam : public Optimizer {
   AdamOptions options_;
   bool decoupled_;
   std::vector<int64_t> steps_;  // per parameter over all groups
+  // Capturable: per parameter, its step count as a one-element f64 tensor on its device
+  // (undefined until its first step); steps_ then only seeds them.
+  std::vector<Tensor> step_counts_;
 };
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW.

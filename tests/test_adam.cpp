@@ -3,6 +3,8 @@
 // parameter groups, state dict round trips and their errors, option errors, and the
 // global gradient norm (2, inf, p), its clipping and its non-finite handling.
 #include <cmath>
+#include <memory>
+#include <string>
 #include <limits>
 #include <stdexcept>
 
@@ -212,6 +214,51 @@ TEST(Adam, StateDictRoundTripResumesTheSameSequence) {
       restored.step();
       EXPECT_EQ(a.to_vector<double>(), a2.to_vector<double>()) << "step " << k;
       EXPECT_EQ(b.to_vector<double>(), b2.to_vector<double>()) << "step " << k;
+    }
+  }
+}
+
+TEST(Adam, CapturableStepsMatchHostStepsExactly) {
+  // capturable keeps each step count in a tensor that the kernels read and increment;
+  // the result must be the host-count path's, bit for bit, including a parameter that
+  // misses steps, two groups, both decays, AMSGrad, f32 and f64, and a state-dict trip.
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    for (bool decoupled : {false, true}) {
+      for (bool amsgrad : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + (decoupled ? " AdamW" : " Adam") + (amsgrad ? " amsgrad" : ""));
+        auto make = [&](bool capturable, std::vector<Tensor>& params) {
+          params = {random_tensor({3, 4}, 1, dtype).set_requires_grad(true),
+                    random_tensor({7}, 2, dtype).set_requires_grad(true)};
+          std::vector<ParamGroup> groups{{.params = {params[0]}, .lr = std::nullopt, .weight_decay = std::nullopt},
+                                         {.params = {params[1]}, .lr = 0.02, .weight_decay = 0.3}};
+          const AdamOptions o{.lr = 0.05, .betas = {0.8, 0.9}, .weight_decay = 1e-2, .amsgrad = amsgrad,
+                              .capturable = capturable};
+          if (decoupled) {
+            return std::unique_ptr<Adam>(new AdamW(groups, {.lr = o.lr, .betas = o.betas, .weight_decay = o.weight_decay,
+                                                            .amsgrad = amsgrad, .capturable = capturable}));
+          }
+          return std::make_unique<Adam>(groups, o);
+        };
+        std::vector<Tensor> host_params, dev_params;
+        auto host = make(false, host_params), captured = make(true, dev_params);
+        for (int k = 0; k < 6; ++k) {
+          for (size_t i = 0; i < 2; ++i) {
+            if (i == 1 && k == 0) continue;  // the second parameter misses the first step
+            const Tensor g = random_tensor(host_params[i].shape(), 30 + 2 * k + i, dtype);
+            host_params[i].set_grad(g.clone());
+            dev_params[i].set_grad(g.clone());
+          }
+          host->step();
+          captured->step();
+          for (size_t i = 0; i < 2; ++i)
+            EXPECT_EQ(dev_params[i].to_vector<double>(), host_params[i].to_vector<double>()) << "step " << k;
+          if (k == 2) captured->load_state_dict(captured->state_dict());  // counts written back in place
+        }
+        EXPECT_EQ(captured->param_step(0), 6);
+        EXPECT_EQ(captured->param_step(1), 5);
+        const OptimizerState a = host->state_dict(), b = captured->state_dict();
+        EXPECT_EQ(a.scalars, b.scalars);
+      }
     }
   }
 }

@@ -27,7 +27,8 @@ void compare_cpu_cuda(const std::vector<Shape>& shapes, DType dtype, const optim
     if (!decoupled) return std::make_unique<optim::Adam>(params, o);
     return std::make_unique<optim::AdamW>(params, optim::AdamWOptions{.lr = o.lr, .betas = o.betas, .eps = o.eps,
                                                                        .weight_decay = o.weight_decay,
-                                                                       .amsgrad = o.amsgrad});
+                                                                       .amsgrad = o.amsgrad,
+                                                                       .capturable = o.capturable});
   };
   tandem::testing::compare_optimizer_cpu_cuda(shapes, dtype, make, steps, atol, rtol, /*compare_scalars=*/true);
 }
@@ -46,6 +47,20 @@ TEST(CudaAdam, MatchesCpuF32AndF64) {
     }
   }
   compare_cpu_cuda(shapes, DType::kF32, {}, false, 3, 1e-5, 1e-4);  // defaults, no weight decay
+}
+
+TEST(CudaAdam, CapturableMatchesCpu) {
+  // Step counts on the device: the kernel computes the bias corrections from them (f64
+  // pow on the GPU) and a second launch increments them; many tensors span launches.
+  TANDEM_REQUIRE_CUDA();
+  std::vector<Shape> shapes{{7}, {33, 5}, {65536 * 3 + 11}, {1}};
+  for (int i = 0; i < 40; ++i) shapes.push_back({(i * 53) % 300 + 1});
+  for (bool decoupled : {false, true}) {
+    optim::AdamOptions o{.lr = 0.01, .betas = {0.8, 0.95}, .eps = 1e-6, .weight_decay = 0.05, .amsgrad = decoupled,
+                         .capturable = true};
+    compare_cpu_cuda(shapes, DType::kF64, o, decoupled, 4, 1e-12, 1e-11);
+    compare_cpu_cuda(shapes, DType::kF32, o, decoupled, 4, 1e-5, 1e-4);
+  }
 }
 
 TEST(CudaAdam, ManyTensorsAndOversizedTensor) {

@@ -1,5 +1,5 @@
-// CUDA graphs: ops and a whole training step (forward, backward, SGD) captured once and
-// replayed on new data against the same work run eagerly; the private pool keeping the
+// CUDA graphs: ops and a whole training step (forward, backward, SGD or capturable
+// AdamW) captured once and replayed on new data against the same work run eagerly; the private pool keeping the
 // graph's memory from eager tensors and returning it after reset; and the errors.
 // Skips without a device, and under TANDEM_CUDA_CACHING_ALLOCATOR=0 (gpu-check's
 // memcheck stage), where capture is refused by design.
@@ -19,6 +19,7 @@
 #include "layers/activation.h"
 #include "layers/linear.h"
 #include "layers/sequential.h"
+#include "optim/adam.h"
 #include "optim/sgd.h"
 #include "test_util.h"
 
@@ -111,6 +112,46 @@ TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
   }
   const auto pe = eager->parameters(), pc = captured->parameters();
   ASSERT_EQ(pe.size(), pc.size());
+  for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
+}
+
+TEST_F(CudaGraph, CapturedAdamWStepCountsOnAcrossReplays) {
+  // Capturable AdamW: the step counts live on the device, so each replay applies the
+  // bias corrections of its own step, as the eager steps do.
+  auto eager = make_mlp(), captured = make_mlp();
+  const optim::AdamWOptions options{.lr = 1e-2, .betas = {0.9, 0.95}, .weight_decay = 0.1, .capturable = true};
+  optim::AdamW eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
+  auto step = [](nn::Module& model, optim::AdamW& opt, const Tensor& x, const Tensor& y) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model.forward(x), y);
+    loss.backward();
+    opt.step();
+  };
+  auto batch = [](uint64_t seed) {
+    return std::pair{random_tensor({16, 20}, seed, DType::kF32, kGpu), random_indices({16}, 5, seed + 100, kGpu)};
+  };
+  for (uint64_t seed : {1u, 2u}) {
+    auto [x, y] = batch(seed);
+    step(*eager, eager_opt, x, y);
+    step(*captured, captured_opt, x, y);
+  }
+  Tensor static_x = Tensor::empty({16, 20}, {.dtype = DType::kF32, .device = kGpu});
+  Tensor static_y = Tensor::empty({16}, {.dtype = DType::kI64, .device = kGpu});
+  captured_opt.zero_grad();
+  synchronize(0);
+  Graph graph;
+  graph.capture_begin();
+  step(*captured, captured_opt, static_x, static_y);
+  graph.capture_end();
+  for (uint64_t seed : {3u, 4u, 5u, 6u, 7u}) {
+    auto [x, y] = batch(seed);
+    static_x.copy_(x);
+    static_y.copy_(y);
+    graph.replay();
+    step(*eager, eager_opt, x, y);
+  }
+  EXPECT_EQ(captured_opt.param_step(0), 7);
+  const auto pe = eager->parameters(), pc = captured->parameters();
   for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
 }
 

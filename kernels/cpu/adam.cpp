@@ -48,7 +48,7 @@ void adam_multi_typed(const AdamTensorRef* tensors, int64_t count, const AdamHyp
         AdamHyper h = shared;
         h.lr = r.lr;
         h.weight_decay = r.weight_decay;
-        h.step = r.step;
+        h.step = r.step_count != nullptr ? static_cast<int64_t>(*r.step_count) + 1 : r.step;
         T* v_max = r.max_exp_avg_sq != nullptr ? static_cast<T*>(r.max_exp_avg_sq) + b : nullptr;
         adam_typed(static_cast<T*>(r.param) + b, static_cast<const T*>(r.grad) + b, static_cast<T*>(r.exp_avg) + b,
                    static_cast<T*>(r.exp_avg_sq) + b, v_max, e - b, h);
@@ -66,6 +66,10 @@ void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count,
     case DType::kF64: adam_multi_typed<double>(tensors, count, shared); return;
     default: unreachable_dtype("adam_multi_tensor", dtype);
   }
+}
+
+void increment_step_counts(double* const* counts, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) *counts[i] += 1.0;
 }
 
 }  // namespace tandem::kernels::cpu

@@ -40,6 +40,11 @@ struct AdamTensorRef {
   double lr = 0.0;  // per tensor, so groups with different lr share a launch
   double weight_decay = 0.0;
   int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
+  // Capturable steps: when set, the step count is read from this memory (on the tensor's
+  // device) as *step_count + 1 instead of `step`, and the caller adds 1 to it after the
+  // step (increment_step_counts), so a step captured in a CUDA graph replays with the
+  // count of the moment rather than the one of the capture.
+  const double* step_count = nullptr;
 };
 
 /// Coefficients of `h` (bias corrections use the tensor's own step count).
@@ -64,5 +69,8 @@ namespace tandem::kernels::cpu {
 /// (none large enough to split on its own) still uses every core.
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2, double eps,
                        bool amsgrad, bool decoupled_weight_decay);
+
+/// *counts[i] += 1 for i < count: the capturable step counts, after their step.
+void increment_step_counts(double* const* counts, int64_t count);
 
 }  // namespace tandem::kernels::cpu

@@ -1,7 +1,11 @@
 // Multi-tensor Adam: the launch plan of multi_tensor.cuh packs (param, grad, m, v,
 // v̂max) of up to kAdamMaxTensors tensors with their host-computed step size, bias
-// correction and weight-decay coefficient; each block updates one 64Ki-element chunk.
+// correction and weight-decay coefficient (or, capturable, their lr and the address
+// of their step count); each block updates one 64Ki-element chunk.
 #include "kernels/cuda/adam.h"
+
+#include <stdexcept>
+#include <type_traits>
 
 #include "kernels/cpu/adam.h"
 #include "kernels/cuda/common.cuh"
@@ -26,23 +30,56 @@ struct AdamMeta {
   }
 };
 
+/// Capturable steps: the bias corrections come from the step counts in device memory
+/// at run time, so they are right in every replay of a captured graph.
+struct AdamCapturableMeta {
+  double lr[kAdamMaxTensors];
+  const double* step_count[kAdamMaxTensors];
+  double weight_decay[kAdamMaxTensors];
+  void move(int from, int to) {
+    lr[to] = lr[from];
+    step_count[to] = step_count[from];
+    weight_decay[to] = weight_decay[from];
+  }
+};
+
 // Lists: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq.
 // 32·(5·8 + 8) + 320·(1 + 4) + 32·3·8 = 3904 bytes, under the classic 4 KiB limit.
 using AdamLaunchArgs = TensorListArgs<5, kAdamMaxTensors, kAdamMaxBlocks, AdamMeta>;
+using AdamCapturableLaunchArgs = TensorListArgs<5, kAdamMaxTensors, kAdamMaxBlocks, AdamCapturableMeta>;
 static_assert(sizeof(AdamLaunchArgs) <= 4096, "kernel argument struct must fit in 4 KiB");
+static_assert(sizeof(AdamCapturableLaunchArgs) <= 4096, "kernel argument struct must fit in 4 KiB");
 
-/// Shared hyperparameters in the compute type.
+/// Shared hyperparameters in the compute type (β1, β2 also in f64 for the capturable
+/// bias corrections, computed in f64 as on the host).
 template <class T>
 struct AdamShared {
   T beta1, beta2, keep1, keep2, eps;
   bool amsgrad, decoupled;
+  double beta1_f64, beta2_f64;
 };
+
+/// The step size lr/(1-β1^t) and sqrt(1-β2^t) of tensor slot t.
+template <class T>
+__device__ void adam_step_coefficients(const AdamLaunchArgs& args, const AdamShared<T>&, int t, double& step_size,
+                                       double& bc2_sqrt) {
+  step_size = args.meta.step_size[t];
+  bc2_sqrt = args.meta.bias_correction2_sqrt[t];
+}
+template <class T>
+__device__ void adam_step_coefficients(const AdamCapturableLaunchArgs& args, const AdamShared<T>& s, int t,
+                                       double& step_size, double& bc2_sqrt) {
+  // Every thread reads the same count (one cached load) and does the same two pow().
+  const double step = *args.meta.step_count[t] + 1.0;
+  step_size = args.meta.lr[t] / (1.0 - pow(s.beta1_f64, step));
+  bc2_sqrt = sqrt(1.0 - pow(s.beta2_f64, step));
+}
 
 // Same operation order as kernels/cpu/adam.cpp (PyTorch's single-tensor path);
 // __grid_constant__ keeps the argument struct in parameter memory.
-template <class T>
+template <class T, class Args>
 __global__ void __launch_bounds__(kAdamBlockSize)
-    adam_multi_tensor_kernel(const __grid_constant__ AdamLaunchArgs args, AdamShared<T> s) {
+    adam_multi_tensor_kernel(const __grid_constant__ Args args, AdamShared<T> s) {
   int64_t begin, end;
   const int t = chunk_of_block(args, begin, end);
   T* __restrict__ p = static_cast<T*>(args.ptr[0][t]);
@@ -50,8 +87,10 @@ __global__ void __launch_bounds__(kAdamBlockSize)
   T* __restrict__ m = static_cast<T*>(args.ptr[2][t]);
   T* __restrict__ v = static_cast<T*>(args.ptr[3][t]);
   T* __restrict__ v_max = static_cast<T*>(args.ptr[4][t]);
-  const T neg_step_size = static_cast<T>(-args.meta.step_size[t]);
-  const T bc2_sqrt = static_cast<T>(args.meta.bias_correction2_sqrt[t]);
+  double step_size_f64, bc2_sqrt_f64;
+  adam_step_coefficients(args, s, t, step_size_f64, bc2_sqrt_f64);
+  const T neg_step_size = static_cast<T>(-step_size_f64);
+  const T bc2_sqrt = static_cast<T>(bc2_sqrt_f64);
   const T wd = static_cast<T>(args.meta.weight_decay[t]);
   // Decoupled: wd is the factor 1 - lr·wd (1 means no decay); L2: the coefficient.
   const bool decoupled = s.decoupled && args.meta.weight_decay[t] != 1.0;
@@ -76,8 +115,9 @@ __global__ void __launch_bounds__(kAdamBlockSize)
   }
 }
 
-/// Stores tensor i in `slot` with its coefficients; returns its size.
-int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamLaunchArgs& args, int slot) {
+/// The tensor's five pointers and its hyperparameters (step count included) into `slot`.
+template <class Args>
+AdamHyper fill_adam_pointers(const AdamTensorRef& ref, const AdamHyper& shared, Args& args, int slot) {
   args.ptr[0][slot] = ref.param;
   args.ptr[1][slot] = const_cast<void*>(ref.grad);
   args.ptr[2][slot] = ref.exp_avg;
@@ -87,11 +127,35 @@ int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamLa
   h.lr = ref.lr;
   h.weight_decay = ref.weight_decay;
   h.step = ref.step;
-  const AdamCoefficients c = adam_coefficients(h);
+  return h;
+}
+
+/// Stores tensor i in `slot` with its coefficients; returns its size.
+int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamLaunchArgs& args, int slot) {
+  const AdamCoefficients c = adam_coefficients(fill_adam_pointers(ref, shared, args, slot));
   args.meta.step_size[slot] = c.step_size;
   args.meta.bias_correction2_sqrt[slot] = c.bias_correction2_sqrt;
   args.meta.weight_decay[slot] = c.weight_decay;
   return ref.numel;
+}
+
+/// fill_adam_slot for capturable steps: lr and the step count's address; the weight-decay
+/// coefficient does not depend on the step.
+int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamCapturableLaunchArgs& args, int slot) {
+  const AdamHyper h = fill_adam_pointers(ref, shared, args, slot);
+  args.meta.lr[slot] = ref.lr;
+  args.meta.step_count[slot] = ref.step_count;
+  args.meta.weight_decay[slot] = adam_coefficients(h).weight_decay;
+  return ref.numel;
+}
+
+struct StepCountArgs {
+  double* count[kStepCountsPerLaunch];
+  int n;
+};
+
+__global__ void increment_step_counts_kernel(const __grid_constant__ StepCountArgs args) {
+  if (static_cast<int>(threadIdx.x) < args.n) *args.count[threadIdx.x] += 1.0;
 }
 
 }  // namespace
@@ -100,17 +164,29 @@ void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count,
                        double eps, bool amsgrad, bool decoupled_weight_decay, cudaStream_t stream) {
   const AdamHyper shared{.beta1 = beta1, .beta2 = beta2, .eps = eps, .decoupled_weight_decay = decoupled_weight_decay,
                          .amsgrad = amsgrad};
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    const AdamShared<T> s{static_cast<T>(beta1), static_cast<T>(beta2), static_cast<T>(1.0 - beta1),
-                          static_cast<T>(1.0 - beta2), static_cast<T>(eps), amsgrad, decoupled_weight_decay};
-    plan_tensor_list_launches<AdamLaunchArgs>(
-        count,
-        [&](int64_t i, AdamLaunchArgs& args, int slot) { return fill_adam_slot(tensors[i], shared, args, slot); },
-        [&](const AdamLaunchArgs& args, int blocks, int64_t) {
-          adam_multi_tensor_kernel<T><<<blocks, kAdamBlockSize, 0, stream>>>(args, s);
+  if (count == 0) return;
+  const bool capturable = tensors[0].step_count != nullptr;
+  for (int64_t i = 1; i < count; ++i) {
+    if ((tensors[i].step_count != nullptr) != capturable)
+      throw std::logic_error("[adam_multi_tensor] expected every tensor or none to have a step_count");
+  }
+  auto launch_all = [&](auto args_tag, const auto& s) {
+    using Args = decltype(args_tag);
+    using T = std::remove_cvref_t<decltype(s.beta1)>;
+    plan_tensor_list_launches<Args>(
+        count, [&](int64_t i, Args& args, int slot) { return fill_adam_slot(tensors[i], shared, args, slot); },
+        [&](const Args& args, int blocks, int64_t) {
+          adam_multi_tensor_kernel<T, Args><<<blocks, kAdamBlockSize, 0, stream>>>(args, s);
           CUDA_CHECK_LAUNCH();
         });
+  };
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const AdamShared<T> s{static_cast<T>(beta1), static_cast<T>(beta2),      static_cast<T>(1.0 - beta1),
+                          static_cast<T>(1.0 - beta2), static_cast<T>(eps), amsgrad, decoupled_weight_decay, beta1,
+                          beta2};
+    if (capturable) launch_all(AdamCapturableLaunchArgs{}, s);
+    else launch_all(AdamLaunchArgs{}, s);
   };
   switch (dtype) {
     case DType::kF32: run(float{}); return;
@@ -126,6 +202,16 @@ int64_t adam_multi_tensor_launches(const AdamTensorRef* tensors, int64_t count) 
       count, [&](int64_t i, AdamLaunchArgs& args, int slot) { return fill_adam_slot(tensors[i], shared, args, slot); },
       [&](const AdamLaunchArgs&, int, int64_t) { ++launches; });
   return launches;
+}
+
+void increment_step_counts(double* const* counts, int64_t count, cudaStream_t stream) {
+  for (int64_t first = 0; first < count; first += kStepCountsPerLaunch) {
+    StepCountArgs args{};
+    args.n = static_cast<int>(count - first < kStepCountsPerLaunch ? count - first : kStepCountsPerLaunch);
+    for (int i = 0; i < args.n; ++i) args.count[i] = counts[first + i];
+    increment_step_counts_kernel<<<1, kStepCountsPerLaunch, 0, stream>>>(args);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace tandem::kernels::cuda

@@ -17,8 +17,15 @@ using kernels::AdamTensorRef;
 /// (f32 or f64), all on the current device, each with its own lr, weight decay and
 /// step count and the shared β1, β2, eps, AMSGrad and decoupled (AdamW) flags. One
 /// launch unless more than kAdamMaxTensors tensors or kAdamMaxBlocks chunks are given.
+/// With step_count set (all tensors or none), the kernel computes the bias corrections
+/// from the counts in device memory.
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2,
                        double eps, bool amsgrad, bool decoupled_weight_decay, cudaStream_t stream);
+
+/// kernels::cpu::increment_step_counts on the GPU (device pointers): one launch per
+/// kStepCountsPerLaunch counts.
+void increment_step_counts(double* const* counts, int64_t count, cudaStream_t stream);
+inline constexpr int kStepCountsPerLaunch = 256;
 
 /// Launches needed for these tensors (for tests: one per full argument struct).
 int64_t adam_multi_tensor_launches(const AdamTensorRef* tensors, int64_t count);

@@ -51,6 +51,17 @@ if(TANDEM_BUILD_BENCH)
         --backend local --json '' --csv '')
   set_tests_properties(tandem_bench_strategies_gpt PROPERTIES LABELS "cpu;bench" TIMEOUT 120)
 
+  # tandem-compare: --unfused runs Linear + ReLU as two ops (and says so in its JSON);
+  # --cuda-graph refuses what it cannot replay, naming what it expects.
+  add_test(NAME tandem_compare_unfused
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 0 "\"fused_activations\":false"
+      -- $<TARGET_FILE:tandem-compare> --model mlp --max-batches 5 --unfused --data ${TANDEM_FASHION_MNIST_DIR})
+  set_tests_properties(tandem_compare_unfused PROPERTIES LABELS "cpu;bench" TIMEOUT 120)
+  add_test(NAME tandem_compare_cuda_graph_needs_cuda
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_command.sh 1 "--cuda-graph expects a CUDA device"
+      -- $<TARGET_FILE:tandem-compare> --model mlp --cuda-graph --data ${TANDEM_FASHION_MNIST_DIR})
+  set_tests_properties(tandem_compare_cuda_graph_needs_cuda PROPERTIES LABELS "cpu;bench" TIMEOUT 60)
+
   # The emulated device (--emulate-step-ms): ranks wait instead of computing, and the
   # 2-rank row carries the model's prediction from the 1-rank profile.
   set(bench_json ${CMAKE_CURRENT_BINARY_DIR}/tandem_bench_scaling_emulated.json)
