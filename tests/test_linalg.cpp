@@ -511,56 +511,6 @@ TEST(AttentionGrad, FiniteDifferences) {
   EXPECT_TRUE(gradcheck(sdpa(true), {leaf({1, 3}, 126), leaf({1, 3}, 127), leaf({1, 3}, 128)}));  // 2-D, one query
 }
 
-/// softmax(q·kᵀ·scale + causal mask)·v from bmm, transpose and softmax: the composition
-/// the CPU's row-blocked causal path must equal, gradients included.
-Tensor composed_causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
-  const int64_t t = q.size(-2);
-  std::vector<double> mask(static_cast<size_t>(t * t));
-  for (int64_t i = 0; i < t; ++i)
-    for (int64_t j = 0; j < t; ++j) mask[static_cast<size_t>(i * t + j)] = j <= i ? 0.0 : -INFINITY;
-  Tensor scores = add(mul(bmm(q, transpose(k, 1, 2)), scale), Tensor::from_vector(mask, {t, t}));
-  return bmm(softmax(scores, -1), v);
-}
-
-TEST(Attention, CausalRowBlocksOnTheCpuMatchTheComposition) {
-  // More than 32 positions: the CPU multiplies by query blocks of 32 rows and skips the
-  // masked blocks. 33 (a block and one row), 128 (four whole blocks), 150 (a partial
-  // fifth block); every gradient against the composition, with Ev != E.
-  for (int64_t t : {33, 128, 150}) {
-    SCOPED_TRACE("T = " + std::to_string(t));
-    auto leaves = [t](uint64_t seed) {
-      std::vector<Tensor> x = {random_tensor({2, t, 8}, seed), random_tensor({2, t, 8}, seed + 1),
-                               random_tensor({2, t, 5}, seed + 2)};
-      for (Tensor& y : x) y.set_requires_grad(true);
-      return x;
-    };
-    std::vector<Tensor> a = leaves(140), b = leaves(140);
-    Tensor got = scaled_dot_product_attention(a[0], a[1], a[2], true, 0.3);
-    Tensor want = composed_causal_attention(b[0], b[1], b[2], 0.3);
-    EXPECT_TRUE(all_close(got, want, 1e-12, 1e-12));
-    EXPECT_TRUE(all_close(got, reference_attention(a[0], a[1], a[2], true, 0.3), 1e-12, 1e-12));
-    Tensor dy = random_tensor(got.shape(), 143);
-    got.backward(dy);
-    want.backward(dy);
-    for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(all_close(a[i].grad(), b[i].grad(), 1e-12, 1e-12)) << "input " << i;
-  }
-  // One operand needing a gradient at a time: each product runs alone.
-  for (size_t only = 0; only < 3; ++only) {
-    std::vector<Tensor> x = {random_tensor({1, 100, 4}, 150), random_tensor({1, 100, 4}, 151),
-                             random_tensor({1, 100, 4}, 152)};
-    x[only].set_requires_grad(true);
-    scaled_dot_product_attention(x[0], x[1], x[2], true).backward(random_tensor({1, 100, 4}, 153));
-    std::vector<Tensor> y = {x[0].detach(), x[1].detach(), x[2].detach()};
-    y[only].set_requires_grad(true);
-    composed_causal_attention(y[0], y[1], y[2], 0.5).backward(random_tensor({1, 100, 4}, 153));
-    EXPECT_TRUE(all_close(x[only].grad(), y[only].grad(), 1e-12, 1e-12)) << "only input " << only;
-  }
-}
-
-TEST(AttentionGrad, CausalRowBlocksFiniteDifferences) {
-  EXPECT_TRUE(gradcheck(sdpa(true), {leaf({1, 70, 3}, 160), leaf({1, 70, 3}, 161), leaf({1, 70, 2}, 162)}));
-}
-
 TEST(AttentionGrad, OnlySomeOperandsRequireGrad) {
   Tensor k = random_tensor({2, 4, 3}, 130), v = random_tensor({2, 4, 3}, 131), q = random_tensor({2, 4, 3}, 132);
   EXPECT_TRUE(gradcheck([&](const std::vector<Tensor>& t) { return scaled_dot_product_attention(t[0], k, v, true); },

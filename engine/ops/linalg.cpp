@@ -4,9 +4,7 @@
 // materialised.
 #include "engine/ops/linalg.h"
 
-#include <algorithm>
 #include <cmath>
-#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -110,32 +108,6 @@ void attention_softmax(const Tensor& x, const Tensor& p, bool backward, int64_t 
                                                    causal, cuda_stream(x.device()));
         }
       });
-}
-
-// ---- causal self-attention on the CPU: row blocks --------------------------------------
-// Query rows [r0, r0 + rows) of causal self-attention meet keys [0, r0 + rows) only, so on
-// the CPU its products run per block of kCausalRowBlock query rows and skip the masked
-// upper blocks of q·kᵀ, P·v and their gradients (at 256 positions, 7/16 of attention's
-// product FLOPs). 32 rows measured best at gpt-mini's shape (bench_matmul's
-// cpu/attention_causal_fwd_bwd: 18.3 ms whole, 13.0 ms with 64-row blocks, 11.9 ms with
-// 32). CUDA keeps whole batched GEMMs (a fused attention kernel is the fix there). The
-// softmax kernels never read the masked part of a row, so it is left unset.
-constexpr int64_t kCausalRowBlock = 32;
-
-bool causal_row_blocks(const Tensor& q, bool is_causal, int64_t t_q, int64_t t_k) {
-  return is_causal && q.is_cpu() && t_q == t_k && t_q > kCausalRowBlock;
-}
-
-/// c = alpha·op(a)·op(b) per query block of every batch entry of (batch, rows, cols)
-/// tensors, each block's product given by plan(r0, rows, first) (sizes, transposes,
-/// element offsets within an entry; the last block comes first): see
-/// kernels::cpu::gemm_query_blocks.
-void causal_block_gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha,
-                       const std::function<kernels::cpu::BlockProduct(int64_t, int64_t, bool)>& plan) {
-  const auto stride = [](const Tensor& x) { return x.size(1) * x.size(2); };
-  kernels::cpu::gemm_query_blocks(a.dtype(), a.size(0), c.size(1), kCausalRowBlock, alpha, a.data_ptr(), a.size(2),
-                                  stride(a), b.data_ptr(), b.size(2), stride(b), c.data_ptr(), c.size(2), stride(c),
-                                  plan);
 }
 
 [[noreturn]] void throw_inner_mismatch(const char* op, const Tensor& a, const Tensor& b) {
@@ -370,18 +342,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   Shape out_shape = q.shape();
   out_shape.back() = e_v;
   Tensor out = Tensor::empty(out_shape, like);
-  const bool blocked = causal_row_blocks(q, is_causal, t_q, t_k);
-  if (blocked) {
-    using kernels::cpu::BlockProduct;
-    const Tensor out3 = as3(out);
-    causal_block_gemm(q3, k3, p, s, [&](int64_t r0, int64_t rows, bool) {  // S = s·Q·Kᵀ, keys [0, r0 + rows)
-      return BlockProduct{.trans_b = true, .m = rows, .n = r0 + rows, .k = e, .a_offset = r0 * e, .c_offset = r0 * t_k};
-    });
-    attention_softmax(p, p, /*backward=*/false, t_q, t_k, 1.0, is_causal);
-    causal_block_gemm(p, v3, out3, 1.0, [&](int64_t r0, int64_t rows, bool) {  // O = P·V
-      return BlockProduct{.m = rows, .n = e_v, .k = r0 + rows, .a_offset = r0 * t_k, .c_offset = r0 * e_v};
-    });
-  } else if (p.numel() > 0) {
+  if (p.numel() > 0) {
     // Scaled scores s·q·kᵀ: scaling inside the GEMM keeps f16 scores sqrt(E) further
     // from overflow than scaling after it (as PyTorch's math path scales q and k first).
     gemm_into(p, q3, false, k3, /*trans_b=*/true, false, /*alpha=*/s);
@@ -393,7 +354,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   autograd::record(
       kOp, {q, k, v}, {out},
       [q3 = q3.detach(), k3 = k3.detach(), v3 = v3.detach(), p, shapes = std::vector<Shape>{q.shape(), k.shape(), v.shape()},
-       t_q, t_k, s, is_causal, blocked, need_q, need_k, need_v](std::vector<Tensor>& grads) {
+       t_q, t_k, s, is_causal, need_q, need_k, need_v](std::vector<Tensor>& grads) {
         const TensorOptions like{.dtype = p.dtype(), .device = p.device()};
         const int64_t batch = p.size(0);
         const Tensor g = Tensor::from_storage(grads[0].storage(), {batch, t_q, v3.size(2)}, grads[0].dtype(),
@@ -410,38 +371,6 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
           grad = Tensor::empty(shape, like);
           return Tensor::from_storage(grad.storage(), view_of.shape(), grad.dtype(), 0);
         };
-        if (blocked) {  // the same products per query block (see causal_row_blocks)
-          using kernels::cpu::BlockProduct;
-          const int64_t e = q3.size(2), e_v = v3.size(2);
-          // dV and dK sum over query blocks into key rows [0, r0 + rows): the first block
-          // (the last one, covering every key) writes, the others accumulate.
-          if (need_v) {
-            causal_block_gemm(p, g, into(shapes[2], v3, gv), 1.0, [&](int64_t r0, int64_t rows, bool first) {
-              return BlockProduct{.trans_a = true, .m = r0 + rows, .n = e_v, .k = rows, .a_offset = r0 * t_k,
-                                  .b_offset = r0 * e_v, .accumulate = !first};  // dV = Pᵀ·dO
-            });
-          }
-          if (need_q || need_k) {
-            Tensor ds = Tensor::empty(p.shape(), like);
-            causal_block_gemm(g, v3, ds, 1.0, [&](int64_t r0, int64_t rows, bool) {  // dP = dO·Vᵀ
-              return BlockProduct{.trans_b = true, .m = rows, .n = r0 + rows, .k = e_v, .a_offset = r0 * e_v,
-                                  .c_offset = r0 * t_k};
-            });
-            attention_softmax(ds, p, /*backward=*/true, t_q, t_k, s, is_causal);
-            if (need_q) {
-              causal_block_gemm(ds, k3, into(shapes[0], q3, gq), 1.0, [&](int64_t r0, int64_t rows, bool) {
-                return BlockProduct{.m = rows, .n = e, .k = r0 + rows, .a_offset = r0 * t_k, .c_offset = r0 * e};
-              });  // dQ = dS·K
-            }
-            if (need_k) {
-              causal_block_gemm(ds, q3, into(shapes[1], k3, gk), 1.0, [&](int64_t r0, int64_t rows, bool first) {
-                return BlockProduct{.trans_a = true, .m = r0 + rows, .n = e, .k = rows, .a_offset = r0 * t_k,
-                                    .b_offset = r0 * e, .accumulate = !first};  // dK = dSᵀ·Q
-              });
-            }
-          }
-          return std::vector<Tensor>{gq, gk, gv};
-        }
         if (need_v) gemm_into(into(shapes[2], v3, gv), p, true, g, false, false);  // dV = Pᵀ·dO
         if (need_q || need_k) {
           Tensor ds = Tensor::empty(p.shape(), like);

@@ -149,39 +149,6 @@ void gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
   if (!ok) unreachable_dtype("gemm", dtype);
 }
 
-void gemm_query_blocks(DType dtype, int64_t batch, int64_t rows_total, int64_t block, double alpha, const void* a,
-                       int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b, void* c, int64_t ldc,
-                       int64_t stride_c, const std::function<BlockProduct(int64_t r0, int64_t rows, bool first)>& plan) {
-  if (batch == 0 || rows_total == 0) return;
-  const int64_t last = (rows_total - 1) / block * block;
-  double work = 0;  // multiply-adds of one batch entry
-  for (int64_t r0 = last; r0 >= 0; r0 -= block) {
-    const BlockProduct p = plan(r0, std::min(block, rows_total - r0), r0 == last);
-    work += static_cast<double>(p.m) * static_cast<double>(p.n) * static_cast<double>(p.k);
-  }
-  bool ok = visit_floating(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    const T* at = static_cast<const T*>(a);
-    const T* bt = static_cast<const T*>(b);
-    T* ct = static_cast<T*>(c);
-    // Whole entries per thread: an entry's products may accumulate into the same rows
-    // (its first block writes them), so they stay in order on one thread. With one entry,
-    // each product may split over threads inside gemm_dispatch instead.
-#if defined(_OPENMP)
-    const bool across_batch = batch > 1 && work * static_cast<double>(batch) >= kParallelMinMacs;
-#pragma omp parallel for schedule(static) if (across_batch)
-#endif
-    for (int64_t i = 0; i < batch; ++i) {
-      for (int64_t r0 = last; r0 >= 0; r0 -= block) {
-        const BlockProduct p = plan(r0, std::min(block, rows_total - r0), r0 == last);
-        gemm_dispatch<T>(p.trans_a, p.trans_b, p.m, p.n, p.k, alpha, at + i * stride_a + p.a_offset, lda,
-                         bt + i * stride_b + p.b_offset, ldb, p.accumulate, ct + i * stride_c + p.c_offset, ldc);
-      }
-    }
-  });
-  if (!ok) unreachable_dtype("gemm_query_blocks", dtype);
-}
-
 void gemm_strided_batched(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
                           const void* a, int64_t lda, int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
                           bool accumulate, void* c, int64_t ldc, int64_t stride_c, int64_t batch) {
