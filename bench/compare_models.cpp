@@ -226,7 +226,8 @@ int main(int argc, char** argv) {
   app.add_flag("--cuda-graph", cuda_graph,
                "capture the training step (forward, loss, backward, optimizer step) in a CUDA graph once two eager "
                "steps have warmed it up, then replay it for every batch of the captured shape (others run eagerly); "
-               "cuda, fp32 or bf16, no dropout; the GPTs' AdamW runs capturable");
+               "cuda, fp32 or bf16, no dropout; the GPTs' AdamW runs capturable. The two eager steps and the "
+               "capture are timed unless --warmup-steps covers them");
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -764,6 +764,7 @@ TEST_F(CachingAllocatorTest, CaptureNeitherQueriesEventsNorFrees) {
   void* a = allocator->allocate(kKiB, s1);
   allocator->record_stream(a, Stream(0, s2));
   allocator->free(a);  // would need an event on s2: deferred to the end of the capture
+  EXPECT_EQ(blocks_of(a).front(), std::make_pair(kKiB, 'P')) << "a deferred free is not reusable";
   void* b = allocator->allocate(kKiB, s1);
   EXPECT_NE(b, a) << "a block waiting for another stream is not reused";
   allocator->free(used_elsewhere);

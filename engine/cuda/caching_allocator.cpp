@@ -450,7 +450,7 @@ std::vector<SegmentSnapshot> CachingAllocator::snapshot() const {
     segment.pool = head->owner != nullptr ? head->owner->id : 0;
     for (const Block* block = head; block != nullptr; block = block->next) {
       segment.size += block->size;
-      segment.blocks.push_back({block->size, block->allocated, block->pending_events > 0});
+      segment.blocks.push_back({block->size, block->allocated, block->pending_events > 0 || block->deferred});
     }
     result.push_back(std::move(segment));
   }

@@ -50,7 +50,7 @@ struct SegmentSnapshot {
   struct BlockInfo {
     size_t size = 0;
     bool allocated = false;  // held by a caller
-    bool pending = false;    // freed, waiting for record_stream events
+    bool pending = false;    // freed, waiting for record_stream events (or for a capture to end)
   };
   uintptr_t address = 0;
   size_t size = 0;
