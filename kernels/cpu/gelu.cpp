@@ -5,9 +5,11 @@
 #include <algorithm>
 
 // GCC 12 flags Eigen's AVX-512 pmin/pmax (inlined here from the erf clamp) with
-// -Wmaybe-uninitialized: a false positive inside the intrinsics' masked forms.
+// -Wmaybe-uninitialized (-Wuninitialized at lower optimisation): a false positive on
+// the intrinsics' undefined pass-through operand of their masked forms.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>
 
