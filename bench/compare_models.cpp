@@ -35,7 +35,6 @@
 #include "engine/cuda/graph.h"
 #include "engine/ops/factory.h"
 #include "layers/checkpoint.h"
-#include "layers/dropout.h"
 #include "layers/models/gpt.h"
 #include "layers/sequential.h"
 #include "optim/adam.h"
@@ -226,7 +225,7 @@ int main(int argc, char** argv) {
   app.add_flag("--cuda-graph", cuda_graph,
                "capture the training step (forward, loss, backward, optimizer step) in a CUDA graph once two eager "
                "steps have warmed it up, then replay it for every batch of the captured shape (others run eagerly); "
-               "cuda, fp32 or bf16, no dropout; the GPTs' AdamW runs capturable. The two eager steps and the "
+               "cuda, fp32 or bf16; the GPTs' AdamW runs capturable. The two eager steps and the "
                "capture are timed unless --warmup-steps covers them");
   CLI11_PARSE(app, argc, argv);
 
@@ -270,17 +269,13 @@ int main(int argc, char** argv) {
                                   "got layers (it runs each child on its own, past the checkpointed segments)");
     }
     if (cuda_graph) {
-      // What a replay cannot repeat correctly yet: host-side values that change every
-      // step (the fp16 scaler's skip decision, dropout's random offsets) would be baked
-      // into the graph. The GPTs' AdamW runs capturable (step counts on the device).
+      // What a replay cannot repeat correctly yet: the fp16 scaler decides on the host
+      // every step. The GPTs' AdamW runs capturable (step counts on the device);
+      // dropout's draws are graph-safe (engine/random.h).
       std::string why;
       if (!device.is_cuda()) why = "a CUDA device (--device cuda)";
       else if (precision == "fp16") why = "fp32 or bf16 (the fp16 GradScaler decides on the host)";
       else if (breakdown != "none") why = "--breakdown none";
-      for (const auto& [name, m] : model->named_modules()) {
-        if (auto* d = dynamic_cast<nn::Dropout*>(m.get()); d != nullptr && d->p() > 0 && why.empty())
-          why = "a model without dropout (its random offsets would repeat), got one at '" + name + "'";
-      }
       if (!why.empty()) throw std::invalid_argument("[tandem-compare] --cuda-graph expects " + why);
     }
     if (unfused) {

@@ -16,6 +16,7 @@
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "kernels/philox.h"
 #include "layers/activation.h"
 #include "layers/linear.h"
 #include "layers/sequential.h"
@@ -153,6 +154,41 @@ TEST_F(CudaGraph, CapturedAdamWStepCountsOnAcrossReplays) {
   EXPECT_EQ(captured_opt.param_step(0), 7);
   const auto pe = eager->parameters(), pc = captured->parameters();
   for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
+}
+
+TEST_F(CudaGraph, DropoutDrawsFreshMasksOnEveryReplay) {
+  // Dropout inside a graph: each replay reserves the capture's blocks from the device's
+  // generator and draws from there, so replay r equals the same dropout run on the CPU
+  // from the generator state replay r started at (the kernels are bit-identical).
+  const Tensor x = random_tensor({1000}, 12, DType::kF32, kGpu);
+  Generator& gen = default_generator(kGpu);
+  gen.set_state({.seed = 1234, .offset = 50});
+  synchronize(0);
+  Graph graph;
+  Tensor y;
+  {
+    autograd::NoGradGuard no_grad;
+    graph.capture_begin();
+    y = dropout(x, 0.3, /*training=*/true);
+    graph.capture_end();
+  }
+  EXPECT_EQ(graph.random_blocks(), kernels::philox_blocks(1000));
+  EXPECT_EQ(gen.state().offset, 50u) << "the capture drew nothing from the real state";
+  Tensor previous;
+  for (int r = 0; r < 3; ++r) {
+    const uint64_t offset = gen.state().offset;
+    graph.replay();
+    Generator cpu_gen(0);
+    cpu_gen.set_state({.seed = 1234, .offset = offset});
+    const Tensor want = dropout(x.cpu(), 0.3, true, &cpu_gen);
+    const Tensor got = y.cpu();
+    EXPECT_TRUE(all_close(got, want, 0, 0)) << "replay " << r;
+    if (previous.defined()) {
+      EXPECT_FALSE(all_close(got, previous, 0, 0)) << "replay " << r << " repeated a mask";
+    }
+    previous = got;
+  }
+  EXPECT_EQ(gen.state().offset, 50u + 3 * kernels::philox_blocks(1000));
 }
 
 TEST_F(CudaGraph, PrivatePoolKeepsGraphMemoryAndReturnsItAfterReset) {

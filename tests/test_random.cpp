@@ -168,6 +168,50 @@ TEST(Generator, RestoringStateReproducesAndDrawsAdvance) {
   EXPECT_TRUE(all_close(randn({10}, {}, &gen), b, 0, 0));
 }
 
+TEST(Generator, GraphCaptureReservesRelativeToTheDeviceCounter) {
+  // What cuda::Graph relies on: during a capture, draws are reserved from 0 relative to
+  // the device counter (whose address the kernels read), the generator's own state
+  // stays put, state()/set_state() work on the relative position (activation
+  // checkpointing replays its masks inside a graph), and each replay reserves the
+  // capture's total from the real state.
+  Generator gen(9);
+  (void)gen.reserve(40);  // some draws before the capture
+  const PhiloxState before = gen.state();
+  uint64_t counter = 0;  // stands in for the device memory
+  gen.begin_graph_capture(&counter);
+  const PhiloxState a = gen.reserve(10), b = gen.reserve(100);
+  EXPECT_EQ(a.offset_base, &counter);
+  EXPECT_EQ(a.seed, before.seed);
+  EXPECT_EQ(a.offset, 0u);
+  EXPECT_EQ(b.offset, kernels::philox_blocks(10));
+  const PhiloxState mid = gen.state();
+  EXPECT_EQ(mid.offset, kernels::philox_blocks(10) + kernels::philox_blocks(100));
+  gen.set_state(b);  // recomputation re-reserves the same relative blocks
+  EXPECT_EQ(gen.reserve(100).offset, b.offset);
+  EXPECT_THROW(gen.set_state(before), std::logic_error);  // a state from outside the capture
+  EXPECT_THROW(gen.begin_graph_capture(&counter), std::logic_error);
+  EXPECT_EQ(gen.end_graph_capture(), mid.offset);
+  EXPECT_EQ(gen.state().offset, before.offset) << "the capture's draws did not move the real state";
+  EXPECT_THROW(gen.set_state(b), std::logic_error);  // a capture's state outside it
+  EXPECT_THROW(gen.end_graph_capture(), std::logic_error);
+  const PhiloxState replay1 = gen.reserve_blocks(mid.offset), replay2 = gen.reserve_blocks(mid.offset);
+  EXPECT_EQ(replay1.offset, before.offset);
+  EXPECT_EQ(replay2.offset, before.offset + mid.offset) << "each replay draws fresh blocks";
+  EXPECT_EQ(gen.reserve(1).offset, before.offset + 2 * mid.offset);
+  EXPECT_THROW(gen.begin_graph_capture(nullptr), std::invalid_argument);
+}
+
+TEST(Generator, CaptureStateOnTheCpuIsRefused) {
+  // A CUDA capture's draw reaching a CPU kernel would ignore the device counter.
+  Generator gen(5);
+  uint64_t counter = 0;
+  gen.begin_graph_capture(&counter);
+  Tensor x = rand({8});
+  EXPECT_THROW(dropout(x, 0.5, true, &gen), std::logic_error);
+  EXPECT_THROW(rand({8}, {}, &gen), std::logic_error);
+  gen.end_graph_capture();
+}
+
 TEST(Generator, InPlaceInitialisersUseTheGenerator) {
   Generator g1(3), g2(3);
   Tensor t = Tensor::empty({4, 4});

@@ -8,7 +8,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/random.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/random.h"
 
 namespace tandem::cuda {
 
@@ -36,6 +38,20 @@ void Graph::capture_begin(MempoolId pool) {
   if (stream.handle() == nullptr)
     throw std::logic_error("[Graph::capture_begin] expected a current stream other than the legacy default stream");
   pool_ = pool != 0 ? pool : graph_pool_handle();
+  // The generator's offset base lives outside the capture's pool: it is written before
+  // every replay, and freed with the graph.
+  Generator& generator = default_generator(Device::cuda(device));
+  rng_base_ = static_cast<uint64_t*>(device_alloc(device, sizeof(uint64_t), stream.handle()));
+  try {
+    generator.begin_graph_capture(rng_base_);  // throws if another capture draws from it
+  } catch (...) {
+    device_free(rng_base_);
+    rng_base_ = nullptr;
+    throw;
+  }
+  rng_capturing_ = true;
+  rng_blocks_ = 0;
+  stream_ = stream;
   CUDA_CHECK(cudaStreamBeginCapture(stream.handle(), cudaStreamCaptureModeThreadLocal));
   unsigned long long capture_id = 0;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
@@ -46,9 +62,12 @@ void Graph::capture_begin(MempoolId pool) {
     cudaGraph_t discarded = nullptr;
     (void)cudaStreamEndCapture(stream.handle(), &discarded);
     if (discarded != nullptr) (void)cudaGraphDestroy(discarded);
+    generator.end_graph_capture();
+    rng_capturing_ = false;
+    device_free(rng_base_);
+    rng_base_ = nullptr;
     throw;
   }
-  stream_ = stream;
   capturing_ = true;
   holds_pool_ = true;
 }
@@ -58,6 +77,10 @@ void Graph::capture_end() {
   capturing_ = false;
   const cudaError_t ended = cudaStreamEndCapture(stream_.handle(), &graph_);
   end_allocate_to_pool(stream_.device(), pool_);
+  if (rng_capturing_) {
+    rng_blocks_ = default_generator(Device::cuda(stream_.device())).end_graph_capture();
+    rng_capturing_ = false;
+  }
   if (ended != cudaSuccess) {
     // cudaErrorStreamCaptureInvalidated: something in the capture was illegal (a host
     // synchronisation, a call on another stream without an event to join it).
@@ -79,6 +102,11 @@ void Graph::capture_end() {
 void Graph::replay() {
   if (exec_ == nullptr) throw std::logic_error("[Graph::replay] expected a captured graph, got an empty one");
   DeviceGuard guard(stream_.device());
+  if (rng_blocks_ > 0) {
+    // Stream-ordered before the launch: this replay's draws start where the generator is.
+    const PhiloxState s = default_generator(Device::cuda(stream_.device())).reserve_blocks(rng_blocks_);
+    kernels::cuda::store_philox_offset(rng_base_, s.offset, stream_.handle());
+  }
   CUDA_CHECK(cudaGraphLaunch(exec_, stream_.handle()));
 }
 
@@ -103,6 +131,11 @@ void Graph::reset() {
     holds_pool_ = false;
     release_pool(stream_.device(), pool_);
   }
+  if (rng_base_ != nullptr) {
+    device_free(rng_base_);  // stream-ordered: reused only after the last replay on this stream
+    rng_base_ = nullptr;
+  }
+  rng_blocks_ = 0;
   if (failure) std::rethrow_exception(failure);
 }
 

@@ -24,6 +24,8 @@ namespace tandem::cuda {
 /// between replays are baked in, and inputs and outputs are the tensors that existed at
 /// capture (copy new data into the inputs, read the outputs after replay). Warm the
 /// work up once before capturing (first-use allocations, cuDNN's algorithm search).
+/// Random draws from the device's default generator (dropout) are graph-safe: each
+/// replay advances the generator and draws new numbers; the seed is the capture's.
 class Graph {
  public:
   Graph() = default;
@@ -52,6 +54,9 @@ class Graph {
   void reset();
 
   bool captured() const { return exec_ != nullptr; }
+  /// Philox blocks the captured work draws per replay (dropout, random fills) from the
+  /// device's default generator; each replay reserves that many and draws fresh numbers.
+  uint64_t random_blocks() const { return rng_blocks_; }
   MempoolId pool() const { return pool_; }
   /// The stream the graph was captured on (and replays on).
   Stream stream() const { return stream_; }
@@ -63,6 +68,11 @@ class Graph {
   bool holds_pool_ = false;
   cudaGraph_t graph_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
+  // The default generator's offset base for this graph's draws (device memory, written
+  // before each replay), and the blocks one replay draws.
+  uint64_t* rng_base_ = nullptr;
+  uint64_t rng_blocks_ = 0;
+  bool rng_capturing_ = false;
 };
 
 }  // namespace tandem::cuda

@@ -242,12 +242,15 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
     dispatch_device(
         "dropout", in.device(),
         [&] {
+          if (state.offset_base != nullptr)
+            throw std::logic_error("[dropout] expected a CPU generator's draw on the CPU, got one reserved in a CUDA "
+                                   "graph capture");
           kernels::cpu::dropout_apply(out.data_ptr(), in.data_ptr(), in.dtype(), in.numel(), p, scale, state.seed,
                                       state.offset);
         },
         [&](auto) {
           kernels::cuda::dropout_apply(out.data_ptr(), in.data_ptr(), in.dtype(), in.numel(), p, scale, state.seed,
-                                       state.offset, cuda_stream(in.device()));
+                                       state.offset, state.offset_base, cuda_stream(in.device()));
         });
     return out;
   };

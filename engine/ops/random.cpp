@@ -41,6 +41,9 @@ void fill_random(const char* op, Tensor& t, bool normal, double p0, double p1, G
   dispatch_device(
       op, t.device(),
       [&] {
+        if (s.offset_base != nullptr)
+          throw std::logic_error(op_prefix(op) + "expected a CPU generator's draw on the CPU, got one reserved in a "
+                                                  "CUDA graph capture");
         if (normal)
           kernels::cpu::normal_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset);
         else
@@ -49,9 +52,11 @@ void fill_random(const char* op, Tensor& t, bool normal, double p0, double p1, G
       [&](auto) {
         cudaStream_t stream = cuda_stream(t.device());
         if (normal)
-          kernels::cuda::normal_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset, stream);
+          kernels::cuda::normal_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset, s.offset_base,
+                                     stream);
         else
-          kernels::cuda::uniform_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset, stream);
+          kernels::cuda::uniform_fill(t.data_ptr(), t.dtype(), t.numel(), p0, p1, s.seed, s.offset, s.offset_base,
+                                      stream);
       });
 }
 

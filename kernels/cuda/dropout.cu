@@ -10,9 +10,10 @@ namespace {
 
 template <class T>
 __global__ void dropout_apply_kernel(T* out, const T* x, int64_t n, double p, double scale, uint64_t seed,
-                                     uint64_t offset) {
+                                     uint64_t offset, const uint64_t* __restrict__ offset_base) {
   using A = compute_t<T>;
   const A s = static_cast<A>(scale);
+  if (offset_base != nullptr) offset += *offset_base;
   const int64_t blocks = (n + 3) / 4;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -31,13 +32,13 @@ __global__ void dropout_apply_kernel(T* out, const T* x, int64_t n, double p, do
 }  // namespace
 
 void dropout_apply(void* out, const void* x, DType dtype, int64_t n, double p, double scale, uint64_t seed,
-                   uint64_t offset, cudaStream_t stream) {
+                   uint64_t offset, const uint64_t* offset_base, cudaStream_t stream) {
   if (n == 0) return;
   if (!visit_floating(dtype, [&](auto t) {
         using T = decltype(t);
         dropout_apply_kernel<T><<<grid_for(n, 4), kBlockSize, 0, stream>>>(static_cast<T*>(out),
                                                                            static_cast<const T*>(x), n, p, scale,
-                                                                           seed, offset);
+                                                                           seed, offset, offset_base);
         CUDA_CHECK_LAUNCH();
       }))
     unreachable_dtype("dropout_apply", dtype);

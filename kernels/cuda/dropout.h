@@ -10,7 +10,9 @@
 namespace tandem::kernels::cuda {
 
 /// out_i = keep_i ? x_i·scale : 0, keep_i = philox_uniform(word i%4 of block offset + i/4) >= p.
+/// `offset_base`, when not null, is device memory holding a count of blocks added to
+/// `offset` when the kernel runs (a CUDA graph's draws, engine/random.h).
 void dropout_apply(void* out, const void* x, DType dtype, int64_t n, double p, double scale, uint64_t seed,
-                   uint64_t offset, cudaStream_t stream);
+                   uint64_t offset, const uint64_t* offset_base, cudaStream_t stream);
 
 }  // namespace tandem::kernels::cuda

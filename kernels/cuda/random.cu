@@ -22,7 +22,9 @@ __device__ T from_scaled(double v) {
 }
 
 template <class T, bool kNormal>
-__global__ void random_fill_kernel(T* out, int64_t n, double a, double b, uint64_t seed, uint64_t offset) {
+__global__ void random_fill_kernel(T* out, int64_t n, double a, double b, uint64_t seed, uint64_t offset,
+                                   const uint64_t* __restrict__ offset_base) {
+  if (offset_base != nullptr) offset += *offset_base;
   const int64_t blocks = (n + 3) / 4;
   for (int64_t blk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; blk < blocks;
        blk += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -39,27 +41,34 @@ __global__ void random_fill_kernel(T* out, int64_t n, double a, double b, uint64
 
 template <bool kNormal>
 void launch_fill(const char* name, void* out, DType dtype, int64_t n, double a, double b, uint64_t seed,
-                 uint64_t offset, cudaStream_t stream) {
+                 uint64_t offset, const uint64_t* offset_base, cudaStream_t stream) {
   if (n == 0) return;
   if (!visit_floating(dtype, [&](auto t) {
         using T = decltype(t);
         random_fill_kernel<T, kNormal>
-            <<<grid_for(n, 4), kBlockSize, 0, stream>>>(static_cast<T*>(out), n, a, b, seed, offset);
+            <<<grid_for(n, 4), kBlockSize, 0, stream>>>(static_cast<T*>(out), n, a, b, seed, offset, offset_base);
         CUDA_CHECK_LAUNCH();
       }))
     unreachable_dtype(name, dtype);
 }
 
+__global__ void store_philox_offset_kernel(uint64_t* counter, uint64_t value) { *counter = value; }
+
 }  // namespace
 
 void uniform_fill(void* out, DType dtype, int64_t n, double low, double high, uint64_t seed, uint64_t offset,
-                  cudaStream_t stream) {
-  launch_fill<false>("uniform_fill", out, dtype, n, high - low, low, seed, offset, stream);
+                  const uint64_t* offset_base, cudaStream_t stream) {
+  launch_fill<false>("uniform_fill", out, dtype, n, high - low, low, seed, offset, offset_base, stream);
 }
 
 void normal_fill(void* out, DType dtype, int64_t n, double mean, double std, uint64_t seed, uint64_t offset,
-                 cudaStream_t stream) {
-  launch_fill<true>("normal_fill", out, dtype, n, std, mean, seed, offset, stream);
+                 const uint64_t* offset_base, cudaStream_t stream) {
+  launch_fill<true>("normal_fill", out, dtype, n, std, mean, seed, offset, offset_base, stream);
+}
+
+void store_philox_offset(uint64_t* counter, uint64_t value, cudaStream_t stream) {
+  store_philox_offset_kernel<<<1, 1, 0, stream>>>(counter, value);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace tandem::kernels::cuda
