@@ -310,11 +310,18 @@ cudaEvent_t CachingAllocator::take_event(int device) {
 
 void CachingAllocator::release_cached_segments() {
   synchronize_events();
+  free_whole_segments(/*released_pools_only=*/false);
+}
+
+void CachingAllocator::release_unused_private_segments() { free_whole_segments(/*released_pools_only=*/true); }
+
+void CachingAllocator::free_whole_segments(bool released_pools_only) {
   std::vector<Block*> unused;
   for (auto& [address, head] : segments_) {
     // A private pool's segments stay while a graph holds the pool.
-    const bool held = head->owner != nullptr && head->owner->users > 0;
-    if (!held && head->whole_free_segment()) unused.push_back(head);
+    const bool released = head->owner != nullptr && head->owner->users == 0;
+    const bool held = head->owner != nullptr && !released;
+    if ((released_pools_only ? released : !held) && head->whole_free_segment()) unused.push_back(head);
   }
   if (unused.empty()) return;
   // A cached block may still be read by work queued on its own stream before the
@@ -328,25 +335,6 @@ void CachingAllocator::release_cached_segments() {
     stats_.reserved_bytes -= static_cast<int64_t>(head->size);
     stats_.num_device_frees += 1;
     if (PrivatePool* owner = head->owner; owner != nullptr && --owner->segments == 0) private_pools_.erase(owner->id);
-    delete head;
-  }
-}
-
-void CachingAllocator::release_unused_private_segments() {
-  // Frees what release_cached_segments would free, restricted to released pools.
-  std::vector<Block*> unused;
-  for (auto& [address, head] : segments_)
-    if (head->owner != nullptr && head->owner->users == 0 && head->whole_free_segment()) unused.push_back(head);
-  if (unused.empty()) return;
-  backend_->synchronize();  // the graph's last replay may still be running
-  for (Block* head : unused) {
-    PrivatePool* owner = head->owner;
-    pool_for(head->small, owner).erase(head);
-    segments_.erase(reinterpret_cast<uintptr_t>(head->ptr));
-    backend_->raw_free(head->ptr);
-    stats_.reserved_bytes -= static_cast<int64_t>(head->size);
-    stats_.num_device_frees += 1;
-    if (--owner->segments == 0) private_pools_.erase(owner->id);
     delete head;
   }
 }

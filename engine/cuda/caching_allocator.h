@@ -155,6 +155,9 @@ class CachingAllocator {
   PrivatePool* routed_pool(cudaStream_t stream);
   /// Frees the segments of released private pools whose blocks are all free.
   void release_unused_private_segments();
+  /// Returns to the backend every segment whose blocks are all free: of the shared cache
+  /// and released private pools, or (`released_pools_only`) of released pools alone.
+  void free_whole_segments(bool released_pools_only);
   /// Records the record_stream events of frees deferred during captures.
   void process_deferred_frees();
   bool capturing() const { return !routes_.empty() || foreign_captures_ > 0; }
