@@ -71,26 +71,26 @@ std::shared_ptr<nn::Sequential> make_mlp() {
   return model;
 }
 
-TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
-  auto eager = make_mlp(), captured = make_mlp();
-  const optim::SGDOptions options{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4};
-  optim::SGD eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
+/// Trains `eager` and `captured` (the same MLP) with their optimizers: two eager warm-up
+/// steps on both (optimizer state and every first allocation exist before the capture,
+/// as they must), then `replays` batches, stepped eagerly on one and by replaying a
+/// captured step on the other; each replay's loss and the final parameters must agree.
+void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager_opt, nn::Module& captured,
+                                      optim::Optimizer& captured_opt, int replays) {
   auto batch = [](uint64_t seed) {
-    return std::pair{random_tensor({16, 20}, seed, DType::kF32), random_indices({16}, 5, seed + 100)};
+    return std::pair{random_tensor({16, 20}, seed, DType::kF32, kGpu), random_indices({16}, 5, seed + 100, kGpu)};
   };
-  auto eager_step = [&](nn::Module& model, optim::SGD& opt, const Tensor& x, const Tensor& y) {
+  auto step = [](nn::Module& model, optim::Optimizer& opt, const Tensor& x, const Tensor& y) {
     opt.zero_grad();
-    Tensor loss = cross_entropy(model.forward(x.to(kGpu)), y.to(kGpu));
+    Tensor loss = cross_entropy(model.forward(x), y);
     loss.backward();
     opt.step();
-    return loss.cpu();
+    return loss;
   };
-  // Warm-up, eagerly on both: momentum buffers and every first allocation exist before
-  // the capture, as they must.
   for (uint64_t seed : {1u, 2u}) {
     auto [x, y] = batch(seed);
-    eager_step(*eager, eager_opt, x, y);
-    eager_step(*captured, captured_opt, x, y);
+    step(eager, eager_opt, x, y);
+    step(captured, captured_opt, x, y);
   }
   Tensor static_x = Tensor::empty({16, 20}, {.dtype = DType::kF32, .device = kGpu});
   Tensor static_y = Tensor::empty({16}, {.dtype = DType::kI64, .device = kGpu});
@@ -98,22 +98,26 @@ TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
   synchronize(0);
   Graph graph;
   graph.capture_begin();
-  Tensor static_loss = cross_entropy(captured->forward(static_x), static_y);
-  static_loss.backward();
-  captured_opt.step();
+  const Tensor static_loss = step(captured, captured_opt, static_x, static_y);
   graph.capture_end();
-
-  for (uint64_t seed : {3u, 4u, 5u, 6u}) {
+  for (uint64_t seed = 3; seed < 3 + static_cast<uint64_t>(replays); ++seed) {
     auto [x, y] = batch(seed);
     static_x.copy_(x);
     static_y.copy_(y);
     graph.replay();
-    const Tensor want_loss = eager_step(*eager, eager_opt, x, y);
-    EXPECT_TRUE(all_close(static_loss.cpu(), want_loss, 1e-6, 1e-6)) << "seed " << seed;
+    const Tensor want_loss = step(eager, eager_opt, x, y);
+    EXPECT_TRUE(all_close(static_loss.cpu(), want_loss.cpu(), 1e-6, 1e-6)) << "seed " << seed;
   }
-  const auto pe = eager->parameters(), pc = captured->parameters();
+  const auto pe = eager.parameters(), pc = captured.parameters();
   ASSERT_EQ(pe.size(), pc.size());
   for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
+}
+
+TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
+  auto eager = make_mlp(), captured = make_mlp();
+  const optim::SGDOptions options{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4};
+  optim::SGD eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
+  expect_replays_match_eager_steps(*eager, eager_opt, *captured, captured_opt, 4);
 }
 
 TEST_F(CudaGraph, CapturedAdamWStepCountsOnAcrossReplays) {
@@ -122,38 +126,8 @@ TEST_F(CudaGraph, CapturedAdamWStepCountsOnAcrossReplays) {
   auto eager = make_mlp(), captured = make_mlp();
   const optim::AdamWOptions options{.lr = 1e-2, .betas = {0.9, 0.95}, .weight_decay = 0.1, .capturable = true};
   optim::AdamW eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
-  auto step = [](nn::Module& model, optim::AdamW& opt, const Tensor& x, const Tensor& y) {
-    opt.zero_grad();
-    Tensor loss = cross_entropy(model.forward(x), y);
-    loss.backward();
-    opt.step();
-  };
-  auto batch = [](uint64_t seed) {
-    return std::pair{random_tensor({16, 20}, seed, DType::kF32, kGpu), random_indices({16}, 5, seed + 100, kGpu)};
-  };
-  for (uint64_t seed : {1u, 2u}) {
-    auto [x, y] = batch(seed);
-    step(*eager, eager_opt, x, y);
-    step(*captured, captured_opt, x, y);
-  }
-  Tensor static_x = Tensor::empty({16, 20}, {.dtype = DType::kF32, .device = kGpu});
-  Tensor static_y = Tensor::empty({16}, {.dtype = DType::kI64, .device = kGpu});
-  captured_opt.zero_grad();
-  synchronize(0);
-  Graph graph;
-  graph.capture_begin();
-  step(*captured, captured_opt, static_x, static_y);
-  graph.capture_end();
-  for (uint64_t seed : {3u, 4u, 5u, 6u, 7u}) {
-    auto [x, y] = batch(seed);
-    static_x.copy_(x);
-    static_y.copy_(y);
-    graph.replay();
-    step(*eager, eager_opt, x, y);
-  }
+  expect_replays_match_eager_steps(*eager, eager_opt, *captured, captured_opt, 5);
   EXPECT_EQ(captured_opt.param_step(0), 7);
-  const auto pe = eager->parameters(), pc = captured->parameters();
-  for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
 }
 
 TEST_F(CudaGraph, DropoutDrawsFreshMasksOnEveryReplay) {
