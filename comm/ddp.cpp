@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "engine/autograd.h"
+#include "engine/cuda/runtime.h"
 #include "engine/ops/factory.h"
 
 namespace tandem::comm {
@@ -198,6 +199,23 @@ class DistributedDataParallel::Reducer {
       }
     }
     build_buckets(layout);
+  }
+
+  /// Under CUDA graph capture only what replays correctly may run: the buckets already
+  /// rebuilt (that reads the layout on the host) and no per-iteration search for unused
+  /// parameters (its mask is read on the host at the end of backward).
+  void check_capture() const {
+    if (!device_.is_cuda() || !cuda::current_stream(device_.index).is_capturing()) return;
+    const std::string expected = "[DistributedDataParallel] expected ";
+    if (options_.find_unused_parameters) {
+      throw std::invalid_argument(expected + "find_unused_parameters = false under CUDA graph capture (the used-"
+                                  "parameter mask is read on the host every iteration), got true");
+    }
+    if (!rebuilt_) {
+      throw std::invalid_argument(expected + "two synchronised iterations run eagerly before CUDA graph capture "
+                                  "(the second rebuilds the buckets in gradient order), got a capture at iteration " +
+                                  std::to_string(iteration_ + 1));
+    }
   }
 
   // ---- one iteration ---------------------------------------------------------------------
@@ -596,6 +614,7 @@ DistributedDataParallel::~DistributedDataParallel() = default;
 Tensor DistributedDataParallel::forward(const Tensor& input) {
   reducer_->throw_pending_error();
   const bool sync = require_sync_ && autograd::grad_enabled();
+  if (sync) reducer_->check_capture();
   if (sync) reducer_->rebuild_if_due();
   // Every forward, evaluation included, so all ranks normalise with rank 0's statistics.
   if (options_.broadcast_buffers) sync_buffers();

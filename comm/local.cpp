@@ -258,6 +258,13 @@ WorkPtr LocalProcessGroup::run(Deposit d) {
                                 "] expected a floating, int32 or int64 dtype for a reduction of CUDA tensors on the "
                                 "local backend, got " + std::string(dtype_name(ref->dtype())));
 
+  // The ranks meet on the host, which a CUDA graph cannot replay: refused before any
+  // rank waits (every rank of a captured step refuses alike).
+  if (on_cuda && cuda::current_stream(ref->device().index).is_capturing())
+    throw std::invalid_argument(std::string("[") + op +
+                                "] expected no CUDA graph capture on the calling stream (the local backend's ranks "
+                                "meet on the host; use nccl inside graphs), got one in progress");
+
   auto work = std::make_shared<LocalWork>();
   if (on_cuda) work->device_ = ref->device().index;
   const int64_t number = ++count_;

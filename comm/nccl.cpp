@@ -257,6 +257,7 @@ class NcclGroup : public ProcessGroup {
     }
     // Otherwise gather into one buffer allocated on the communication stream (so the
     // caching allocator reuses it only after the copies below), then scatter it.
+    refuse_buffer_under_capture(name, "outputs");
     Tensor buffer = comm_stream_buffer(count * static_cast<size_t>(size()), input.dtype());
     used.push_back(buffer);
     const size_t bytes = input.nbytes();
@@ -293,6 +294,7 @@ class NcclGroup : public ProcessGroup {
       });
     }
     // Pack the inputs into one buffer on the communication stream first.
+    refuse_buffer_under_capture(name, "inputs");
     Tensor buffer = comm_stream_buffer(count * static_cast<size_t>(size()), output.dtype());
     used.push_back(buffer);
     const size_t bytes = output.nbytes();
@@ -342,6 +344,19 @@ class NcclGroup : public ProcessGroup {
     return true;
   }
 
+  /// Whether the caller's stream is being captured into a CUDA graph: the collective is
+  /// then recorded (NCCL supports capture), to run at every replay.
+  bool capturing() const { return cuda::current_stream(device_).is_capturing(); }
+
+  /// A staging buffer allocated here would come from the eager memory pool and be freed
+  /// while the graph still uses it: under capture the tensors must be packed instead.
+  void refuse_buffer_under_capture(const char* op, const char* what) const {
+    if (!capturing()) return;
+    throw std::invalid_argument(std::string("[") + op + "] expected the " + what +
+                                " back to back in one storage while a CUDA graph is being captured (no staging "
+                                "buffer then), got separate tensors");
+  }
+
   /// A flat tensor whose block the caching allocator ties to the communication stream.
   Tensor comm_stream_buffer(size_t numel, DType dtype) {
     cuda::StreamGuard stream_guard(comm_stream_);
@@ -355,6 +370,13 @@ class NcclGroup : public ProcessGroup {
                  const std::function<void()>& calls, const std::function<void()>& before = {},
                  const std::function<void()>& after = {}) {
     cuda::DeviceGuard guard(device_);
+    // Under capture nothing runs now: the host cannot wait for the work, and its end
+    // event is a graph node that the watchdog must not poll.
+    const bool captured = capturing();
+    if (captured && host_blocking) {
+      throw std::invalid_argument(std::string("[") + op + "] expected no CUDA graph capture on the calling stream (" +
+                                  op + " blocks the host until the collective is done), got one in progress");
+    }
     auto state = std::make_shared<WorkState>();
     state->op = op;
 
@@ -400,11 +422,13 @@ class NcclGroup : public ProcessGroup {
     state->end.record(comm_stream_);
     lock.unlock();
 
-    {
-      std::lock_guard<std::mutex> works_lock(works_mutex_);
-      pending_.push_back(state);
+    if (!captured) {
+      {
+        std::lock_guard<std::mutex> works_lock(works_mutex_);
+        pending_.push_back(state);
+      }
+      works_cv_.notify_all();
     }
-    works_cv_.notify_all();
     return std::make_shared<NcclWork>(state, device_, host_blocking, options().timeout);
   }
 

@@ -1,7 +1,10 @@
 // The nccl backend: CUDA tensors, one process (one communicator) per GPU. Collectives
 // run on a dedicated communication stream ordered after the caller's stream with
 // events; a watchdog thread aborts the communicator when a collective outlives the
-// timeout or NCCL reports an asynchronous error. Built only with TANDEM_NCCL.
+// timeout or NCCL reports an asynchronous error. Collectives issued while the caller's
+// stream is captured into a CUDA graph are recorded into it (DDP's all-reduce inside a
+// captured training step); barrier() and staged all_gather / reduce_scatter refuse a
+// capture, and the watchdog does not see captured work. Built only with TANDEM_NCCL.
 #pragma once
 
 #include <memory>

@@ -1,6 +1,7 @@
 // The local backend on CUDA tensors (skipped without a GPU): every collective
 // against the CPU backend's results on random data, ranks spread over the GPUs
-// present, results read back through the caller's stream after wait().
+// present, results read back through the caller's stream after wait(); a CUDA graph
+// capture refused.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,7 +14,9 @@
 #include <vector>
 
 #include "comm/local.h"
+#include "engine/cuda/graph.h"
 #include "engine/cuda/runtime.h"
+#include "engine/ops.h"
 #include "test_util.h"
 
 namespace tandem::comm {
@@ -172,6 +175,24 @@ TEST_F(CudaCommLocal, UnsupportedReductionDTypeIsRejected) {
   auto group = make_local_group(1);
   Tensor t = Tensor::empty({3}, {.dtype = DType::kU8, .device = Device::cuda(0)});
   tandem::testing::expect_invalid([&] { group[0]->all_reduce(t); }, {"[all_reduce]", "uint8"});
+}
+
+TEST_F(CudaCommLocal, CollectivesRefuseACudaGraphCapture) {
+  TANDEM_REQUIRE_CUDA();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();  // graph capture needs it
+  auto group = make_local_group(1);
+  Tensor t = data({16}, 1, DType::kF32, Device::cuda(0));
+  cuda::synchronize(0);
+  cuda::Graph graph;
+  graph.capture_begin();
+  const Tensor keep = t + 1.0;  // the capture holds some work
+  tandem::testing::expect_invalid([&] { group[0]->all_reduce(t); },
+                                  {"[all_reduce] expected no CUDA graph capture on the calling stream",
+                                   "use nccl inside graphs", "got one in progress"});
+  graph.capture_end();
+  graph.replay();
+  EXPECT_TRUE(tandem::testing::all_close(keep.cpu(), t.cpu() + 1.0, 0.0, 0.0));
+  group[0]->all_reduce(t)->wait();  // eagerly, the group still works
 }
 
 }  // namespace

@@ -39,6 +39,7 @@ DeviceGuard::~DeviceGuard() = default;
 
 void Stream::synchronize() const { no_cuda("Stream::synchronize"); }
 bool Stream::query() const { no_cuda("Stream::query"); }
+bool Stream::is_capturing() const { no_cuda("Stream::is_capturing"); }
 
 Stream current_stream(int device) {
   check_device(device, "current_stream");

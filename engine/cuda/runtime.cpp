@@ -270,6 +270,14 @@ bool Stream::query() const {
   return ready(cudaStreamQuery(handle_), "cudaStreamQuery(handle_)");
 }
 
+bool Stream::is_capturing() const {
+  if (device_ < 0) throw std::invalid_argument("[Stream::is_capturing] expected a stream of a CUDA device, got an empty Stream");
+  DeviceGuard guard(device_);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(handle_, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 Stream default_stream(int device) {
   check_device(device, "default_stream");
   DeviceState& state = device_state(device);

@@ -72,6 +72,9 @@ class Stream {
   void synchronize() const;
   /// True if all queued work is done.
   bool query() const;
+  /// True while the stream is being captured into a CUDA graph: work queued on it is
+  /// recorded, not run, and nothing may wait for it on the host.
+  bool is_capturing() const;
   friend bool operator==(const Stream& a, const Stream& b) { return a.handle_ == b.handle_ && a.device_ == b.device_; }
 
  private:
