@@ -225,8 +225,8 @@ int main(int argc, char** argv) {
   app.add_flag("--cuda-graph", cuda_graph,
                "capture the training step (forward, loss, backward, optimizer step) in a CUDA graph once two eager "
                "steps have warmed it up, then replay it for every batch of the captured shape (others run eagerly); "
-               "cuda, fp32 or bf16; the GPTs' AdamW runs capturable. The two eager steps and the "
-               "capture are timed unless --warmup-steps covers them");
+               "cuda; the optimizer (SGD, the GPTs' AdamW) and fp16's GradScaler run capturable, deciding on the "
+               "device. The two eager steps and the capture are timed unless --warmup-steps covers them");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -269,12 +269,10 @@ int main(int argc, char** argv) {
                                   "got layers (it runs each child on its own, past the checkpointed segments)");
     }
     if (cuda_graph) {
-      // What a replay cannot repeat correctly yet: the fp16 scaler decides on the host
-      // every step. The GPTs' AdamW runs capturable (step counts on the device);
-      // dropout's draws are graph-safe (engine/random.h).
+      // The optimizer and the fp16 scaler run capturable (step counts, scale and skip
+      // decisions on the device); dropout's draws are graph-safe (engine/random.h).
       std::string why;
       if (!device.is_cuda()) why = "a CUDA device (--device cuda)";
-      else if (precision == "fp16") why = "fp32 or bf16 (the fp16 GradScaler decides on the host)";
       else if (breakdown != "none") why = "--breakdown none";
       if (!why.empty()) throw std::invalid_argument("[tandem-compare] --cuda-graph expects " + why);
     }
@@ -289,7 +287,7 @@ int main(int argc, char** argv) {
     if (precision == "bf16") autocast = DType::kBF16;
     if (precision == "fp16") autocast = DType::kF16;
     // Disabled for fp32 and bf16: scale() returns the loss and step() just steps.
-    optim::GradScaler scaler({.enabled = precision == "fp16"});
+    optim::GradScaler scaler({.enabled = precision == "fp16", .capturable = cuda_graph});
     // SGD for the classifiers; AdamW (nanoGPT's lr 6e-4, betas (0.9, 0.95), weight decay 0.1) for the GPTs.
     std::unique_ptr<optim::Optimizer> optimizer_owner;
     if (gpt) {
@@ -297,8 +295,9 @@ int main(int argc, char** argv) {
           model->parameters(),
           optim::AdamWOptions{.lr = 6e-4, .betas = {0.9, 0.95}, .weight_decay = 0.1, .capturable = cuda_graph});
     } else {
-      optimizer_owner = std::make_unique<optim::SGD>(model->parameters(),
-                                                     optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4});
+      optimizer_owner = std::make_unique<optim::SGD>(
+          model->parameters(),
+          optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4, .capturable = cuda_graph});
     }
     optim::Optimizer& optimizer = *optimizer_owner;
     data::DataLoader loader(
@@ -349,8 +348,9 @@ int main(int argc, char** argv) {
             AutocastGuard guard(autocast.value_or(DType::kBF16), autocast.has_value());
             static_loss = train::prediction_loss((*model)(static_input), static_target);
           }
-          static_loss.backward();
-          optimizer.step();
+          scaler.scale(static_loss).backward();
+          scaler.step(optimizer);
+          scaler.update();
           graph.capture_end();
         }
         if (capture_now || replayable) {

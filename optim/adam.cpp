@@ -13,6 +13,7 @@
 #include "engine/ops/factory.h"
 #include "kernels/cpu/adam.h"
 #include "kernels/cuda/adam.h"
+#include "optim/step_counts.h"
 #include "optim/number_text.h"
 
 namespace tandem::optim {
@@ -68,7 +69,15 @@ std::vector<std::string> Adam::state_kinds() const {
   return {"exp_avg", "exp_avg_sq"};
 }
 
-void Adam::step() {
+void Adam::step() { step_impl(Tensor()); }
+
+void Adam::step_unless(const Tensor& found_inf) {
+  if (!options_.capturable) Optimizer::step_unless(found_inf);
+  check_defined((std::string(name()) + "::step_unless").c_str(), found_inf, "found_inf");
+  step_impl(found_inf);
+}
+
+void Adam::step_impl(const Tensor& found_inf) {
   autograd::NoGradGuard no_grad;
   std::vector<Tensor>& exp_avg = state("exp_avg");
   std::vector<Tensor>& exp_avg_sq = state("exp_avg_sq");
@@ -79,6 +88,7 @@ void Adam::step() {
   // Checks every parameter before any update; then builds every batch's kernel argument
   // list (allocating moments) before any launch. `batches` and the state keep the tensors alive.
   std::vector<DeviceBatch> batches = grads_by_device(name(), "adam");
+  const float* skip_if = found_inf_ptr(name(), found_inf, batches);
   std::vector<std::vector<kernels::AdamTensorRef>> refs_of(batches.size());
   for (size_t b = 0; b < batches.size(); ++b) {
     for (GradItem& item : batches[b].items) {
@@ -115,25 +125,19 @@ void Adam::step() {
     const Device device = batches[b].device;
     const DType dtype = batches[b].dtype;
     const std::vector<kernels::AdamTensorRef>& refs = refs_of[b];
+    const auto n = static_cast<int64_t>(refs.size());
     dispatch_device(
         "adam", device,
         [&] {
-          kernels::cpu::adam_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), beta1, beta2,
-                                          options_.eps, options_.amsgrad, decoupled_);
+          kernels::cpu::adam_multi_tensor(dtype, refs.data(), n, beta1, beta2, options_.eps, options_.amsgrad,
+                                          decoupled_, skip_if);
         },
         [&](auto) {
-          kernels::cuda::adam_multi_tensor(dtype, refs.data(), static_cast<int64_t>(refs.size()), beta1, beta2,
-                                           options_.eps, options_.amsgrad, decoupled_, cuda_stream(device));
+          kernels::cuda::adam_multi_tensor(dtype, refs.data(), n, beta1, beta2, options_.eps, options_.amsgrad,
+                                           decoupled_, skip_if, cuda_stream(device));
         });
-    if (options_.capturable) {
-      // After the step read them (stream order): the counts move on by one.
-      std::vector<double*> counts;
-      for (const kernels::AdamTensorRef& ref : refs) counts.push_back(const_cast<double*>(ref.step_count));
-      const auto n = static_cast<int64_t>(counts.size());
-      dispatch_device(
-          "adam", device, [&] { kernels::cpu::increment_step_counts(counts.data(), n); },
-          [&](auto) { kernels::cuda::increment_step_counts(counts.data(), n, cuda_stream(device)); });
-    }
+    // After the step read them (stream order): the counts move on by one.
+    if (options_.capturable) increment_step_counts(device, refs, skip_if);
   }
   ++step_count_;
 }
@@ -148,7 +152,12 @@ OptimizerState Adam::state_dict() const {
   for (size_t i = 0; i < steps_.size(); ++i) {
     // Capturable counts are read from their device: graph replays step them there.
     const int64_t step = param_step(i);
-    if (step > 0) out.scalars[kStepPrefix + std::to_string(i)] = static_cast<double>(step);
+    if (step > 0) {
+      out.scalars[kStepPrefix + std::to_string(i)] = static_cast<double>(step);
+    } else {
+      // Every step of it skipped (step_unless): its zero moments are no state yet.
+      for (const std::string& kind : state_kinds()) out.tensors.erase(kind + "." + std::to_string(i));
+    }
   }
   return out;
 }
@@ -197,7 +206,8 @@ void Adam::load_state_dict(const OptimizerState& saved) {
   }
   Optimizer::load_state_dict(base);  // checks the rest; throws before changing anything
   steps_ = std::move(steps);
-  // Capturable counts keep their tensors (a captured graph holds their addresses).
+  // Capturable counts keep their tensors (a captured graph holds their addresses); the
+  // loaded buffers are new tensors, so a graph captured before the load must be recaptured.
   for (size_t i = 0; i < step_counts_.size(); ++i) {
     if (step_counts_[i].defined()) step_counts_[i].fill_(static_cast<double>(steps_[i]));
   }

@@ -47,6 +47,9 @@ class Adam : public Optimizer {
   /// m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²; v̂ = amsgrad ? max(v̂, v) : v;
   /// p -= lr/(1-β1^t) · m / (sqrt(v̂)/sqrt(1-β2^t) + eps). Moments start at zero.
   void step() override;
+  bool capturable() const override { return options_.capturable; }
+  /// See Optimizer::step_unless: a skipped step leaves the step counts too.
+  void step_unless(const Tensor& found_inf) override;
 
   const AdamOptions& options() const { return options_; }
   /// True for AdamW (decoupled weight decay).
@@ -56,7 +59,8 @@ class Adam : public Optimizer {
   int64_t param_step(size_t flat) const;
 
   /// The base state plus per-parameter scalars "step.<i>" (PyTorch's state["step"]),
-  /// tensors "exp_avg.<i>", "exp_avg_sq.<i>" and with AMSGrad "max_exp_avg_sq.<i>".
+  /// tensors "exp_avg.<i>", "exp_avg_sq.<i>" and with AMSGrad "max_exp_avg_sq.<i>", for
+  /// the parameters stepped so far (capturable: as the device counts say).
   OptimizerState state_dict() const override;
   /// Restores state_dict() output; every stepped parameter needs its step and moments.
   void load_state_dict(const OptimizerState& state) override;
@@ -67,6 +71,8 @@ class Adam : public Optimizer {
 
  private:
   const char* name() const { return decoupled_ ? "AdamW" : "Adam"; }
+  /// step() and step_unless(): the kernels skip when found_inf is defined and nonzero.
+  void step_impl(const Tensor& found_inf);
 
   AdamOptions options_;
   bool decoupled_;

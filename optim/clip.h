@@ -17,4 +17,13 @@ namespace tandem::optim {
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0,
                       bool error_if_nonfinite = false);
 
+/// clip_grad_norm without a host synchronisation, as torch.nn.utils.clip_grad_norm_
+/// (which returns a tensor): the accumulators, the norm and the factor stay on the
+/// gradients' device and the scale kernels read the factor there, so a training step
+/// that clips can run ahead of the GPU or be captured in a CUDA graph. Returns the norm
+/// before clipping as a 0-dim f64 tensor on that device (read it when needed; 0 without
+/// gradients). Same values as clip_grad_norm. Throws std::invalid_argument for the
+/// same bad arguments, or when the gradients are on more than one device.
+Tensor clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
+
 }  // namespace tandem::optim

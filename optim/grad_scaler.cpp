@@ -1,8 +1,10 @@
 // GradScaler: option checks, the per-optimizer stage machine, grouping of gradients by
 // (device, dtype) for the fused unscale kernels (kernels/cpu/amp.cpp,
-// kernels/cuda/amp.cu), and PyTorch's scale-update rule on the host.
+// kernels/cuda/amp.cu), and PyTorch's scale-update rule (kernels/amp_math.h), applied
+// on the host or, capturable, by a kernel to the state on the device.
 #include "optim/grad_scaler.h"
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -12,6 +14,7 @@
 #include "engine/dispatch.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/factory.h"
+#include "kernels/amp_math.h"
 #include "kernels/cpu/amp.h"
 #include "kernels/cuda/amp.h"
 #include "optim/number_text.h"
@@ -52,11 +55,24 @@ GradScaler::GradScaler(const GradScalerOptions& options) : options_(options) {
   scale_ = as_f32(options_.init_scale);
 }
 
-Tensor GradScaler::scale(const Tensor& loss) const {
+Tensor GradScaler::scale(const Tensor& loss) {
   if (!options_.enabled) return loss;
   check_defined("GradScaler::scale", loss, "loss");
   check_floating("GradScaler::scale", loss, "loss");
-  return mul(loss, scale_);
+  if (!options_.capturable) return mul(loss, scale_);
+  use_device("::scale", loss.device(), "the loss");
+  return mul(loss, loss.dtype() == DType::kF64 ? scale_t_.to(DType::kF64) : scale_t_);
+}
+
+void GradScaler::use_device(const char* where, Device device, const std::string& what) {
+  if (!scale_t_.defined()) {
+    scale_t_ = full({}, scale_, {.dtype = DType::kF32, .device = device});
+    growth_tracker_t_ = full({}, static_cast<double>(growth_tracker_), {.dtype = DType::kI64, .device = device});
+    skipped_steps_t_ = full({}, static_cast<double>(skipped_steps_), {.dtype = DType::kI64, .device = device});
+  } else if (scale_t_.device() != device) {
+    fail(where, what + " on " + scale_t_.device().str() + ", where the capturable scaler keeps its state",
+         device.str());
+  }
 }
 
 void GradScaler::unscale(Optimizer& optimizer) {
@@ -68,6 +84,11 @@ void GradScaler::unscale(Optimizer& optimizer) {
   if (record.stage == Stage::kStepped) {
     fail("::unscale", "unscale(optimizer) before step(optimizer)", "a call after step() and before update()");
   }
+  if (options_.capturable && records_.size() > static_cast<size_t>(kMaxOptimizers)) {
+    records_.erase(&optimizer);
+    fail("::unscale", "at most " + std::to_string(kMaxOptimizers) + " optimizers per update() when capturable",
+         "one more");
+  }
 
   std::map<GroupKey, GradList> lists;
   for (const ParamGroup& group : optimizer.param_groups()) {
@@ -76,6 +97,7 @@ void GradScaler::unscale(Optimizer& optimizer) {
       if (!g.defined()) continue;
       if (!is_floating(g.dtype())) throw_unsupported("GradScaler::unscale", g.device(), g.dtype());
       const Device d = g.device();
+      if (options_.capturable) use_device("::unscale", d, "every gradient");
       GradList& list = lists[GroupKey{d.type, d.index, g.dtype()}];
       list.ptrs.push_back(g.data_ptr());
       list.numel.push_back(g.numel());
@@ -85,7 +107,11 @@ void GradScaler::unscale(Optimizer& optimizer) {
 
   // One flag per device, shared by that device's dtype groups (the kernels only ever
   // raise it). The reciprocal is taken in f64 and rounded to f32, as PyTorch does.
-  const float inv_scale = static_cast<float>(1.0 / scale_);
+  const float inv_scale = kernels::amp_inverse_scale(static_cast<float>(scale_));
+  // Capturable: the kernels read the scale from the device when they run.
+  // (Defined whenever there is a gradient to unscale: use_device made it.)
+  const float* scale_ptr =
+      options_.capturable && scale_t_.defined() ? static_cast<const float*>(scale_t_.data_ptr()) : nullptr;
   std::map<std::pair<DeviceType, int>, Tensor> flags;
   autograd::NoGradGuard no_grad;
   for (auto& [key, list] : lists) {
@@ -97,10 +123,13 @@ void GradScaler::unscale(Optimizer& optimizer) {
     const int64_t count = static_cast<int64_t>(list.ptrs.size());
     dispatch_device(
         "GradScaler::unscale", device,
-        [&] { kernels::cpu::amp_unscale_check_finite(dtype, list.ptrs.data(), list.numel.data(), count, inv_scale, found); },
+        [&] {
+          kernels::cpu::amp_unscale_check_finite(dtype, list.ptrs.data(), list.numel.data(), count, inv_scale,
+                                                 scale_ptr, found);
+        },
         [&](auto) {
-          kernels::cuda::amp_unscale_check_finite(dtype, list.ptrs.data(), list.numel.data(), count, inv_scale, found,
-                                                  cuda_stream(device));
+          kernels::cuda::amp_unscale_check_finite(dtype, list.ptrs.data(), list.numel.data(), count, inv_scale,
+                                                  scale_ptr, found, cuda_stream(device));
         });
   }
   record.found_inf.clear();
@@ -135,6 +164,17 @@ bool GradScaler::step(Optimizer& optimizer) {
   if (record.found_inf.empty()) {
     fail("::step", "at least one parameter of the optimizer with a gradient (run backward first)", "none");
   }
+  if (options_.capturable) {
+    if (!optimizer.capturable()) {
+      fail("::step",
+           "an optimizer that skips its step on the device when the scaler is capturable (SGD, Adam or AdamW "
+           "constructed with capturable = true)",
+           "one that does not");
+    }
+    record.stage = Stage::kStepped;
+    optimizer.step_unless(record.found_inf.front());
+    return true;
+  }
   record.stage = Stage::kStepped;
   if (found_inf(record)) {
     ++skipped_steps_;
@@ -146,6 +186,10 @@ bool GradScaler::step(Optimizer& optimizer) {
 
 void GradScaler::update() {
   if (!options_.enabled) return;
+  if (options_.capturable) {
+    update_on_device();
+    return;
+  }
   bool any_checked = false, any_inf = false;
   for (auto& [opt, record] : records_) {
     if (record.stage == Stage::kReady || record.found_inf.empty()) continue;
@@ -155,18 +199,52 @@ void GradScaler::update() {
   if (!any_checked) {
     fail("::update", "step(optimizer) (or unscale(optimizer)) since the last update()", "none");
   }
-  if (any_inf) {
-    scale_ = as_f32(scale_ * options_.backoff_factor);
-    growth_tracker_ = 0;
-  } else if (growth_tracker_ + 1 >= options_.growth_interval) {
-    // Growth stops short of f32 infinity: the scale stays where it is.
-    const float grown = static_cast<float>(scale_ * options_.growth_factor);
-    if (std::isfinite(grown)) scale_ = grown;
-    growth_tracker_ = 0;
-  } else {
-    ++growth_tracker_;
-  }
+  scale_ = kernels::amp_next_scale(static_cast<float>(scale_), &growth_tracker_, any_inf, options_.growth_factor,
+                                   options_.backoff_factor, options_.growth_interval);
   records_.clear();
+}
+
+void GradScaler::update_on_device() {
+  static_assert(kMaxOptimizers <= kernels::cuda::kAmpMaxUpdateFlags, "one update kernel takes every flag");
+  std::array<const float*, kMaxOptimizers> flags{};
+  std::array<bool, kMaxOptimizers> stepped{};
+  int64_t n = 0;
+  for (auto& [opt, record] : records_) {
+    if (record.stage == Stage::kReady || record.found_inf.empty()) continue;
+    flags[static_cast<size_t>(n)] = static_cast<const float*>(record.found_inf.front().data_ptr());
+    stepped[static_cast<size_t>(n)] = record.stage == Stage::kStepped;
+    ++n;  // unscale() keeps records_ within kMaxOptimizers
+  }
+  if (n == 0) fail("::update", "step(optimizer) (or unscale(optimizer)) since the last update()", "none");
+  auto* scale = static_cast<float*>(scale_t_.data_ptr());
+  auto* tracker = static_cast<int64_t*>(growth_tracker_t_.data_ptr());
+  auto* skipped = static_cast<int64_t*>(skipped_steps_t_.data_ptr());
+  const Device device = scale_t_.device();
+  dispatch_device(
+      "GradScaler::update", device,
+      [&] {
+        kernels::cpu::amp_update_scale(scale, tracker, skipped, flags.data(), stepped.data(), n,
+                                       options_.growth_factor, options_.backoff_factor, options_.growth_interval);
+      },
+      [&](auto) {
+        kernels::cuda::amp_update_scale(scale, tracker, skipped, flags.data(), stepped.data(), n,
+                                        options_.growth_factor, options_.backoff_factor, options_.growth_interval,
+                                        cuda_stream(device));
+      });
+  records_.clear();
+}
+
+double GradScaler::get_scale() const {
+  if (!options_.enabled) return 1.0;
+  return scale_t_.defined() ? scale_t_.item() : scale_;
+}
+
+int64_t GradScaler::growth_tracker() const {
+  return growth_tracker_t_.defined() ? static_cast<int64_t>(growth_tracker_t_.item()) : growth_tracker_;
+}
+
+int64_t GradScaler::skipped_steps() const {
+  return skipped_steps_t_.defined() ? static_cast<int64_t>(skipped_steps_t_.item()) : skipped_steps_;
 }
 
 std::vector<Tensor> GradScaler::found_inf_flags(const Optimizer& optimizer) const {
@@ -177,12 +255,12 @@ std::vector<Tensor> GradScaler::found_inf_flags(const Optimizer& optimizer) cons
 
 GradScalerState GradScaler::state_dict() const {
   if (!options_.enabled) return {};
-  return {{"scale", scale_},
-          {"growth_tracker", static_cast<double>(growth_tracker_)},
+  return {{"scale", get_scale()},
+          {"growth_tracker", static_cast<double>(growth_tracker())},
           {"growth_factor", options_.growth_factor},
           {"backoff_factor", options_.backoff_factor},
           {"growth_interval", static_cast<double>(options_.growth_interval)},
-          {"skipped_steps", static_cast<double>(skipped_steps_)}};
+          {"skipped_steps", static_cast<double>(skipped_steps())}};
 }
 
 void GradScaler::load_state_dict(const GradScalerState& state) {
@@ -233,6 +311,12 @@ void GradScaler::load_state_dict(const GradScalerState& state) {
   scale_ = as_f32(loaded.init_scale);
   growth_tracker_ = tracker;
   skipped_steps_ = skipped;
+  if (scale_t_.defined()) {
+    // In place: a captured graph holds these addresses.
+    scale_t_.fill_(scale_);
+    growth_tracker_t_.fill_(static_cast<double>(growth_tracker_));
+    skipped_steps_t_.fill_(static_cast<double>(skipped_steps_));
+  }
 }
 
 }  // namespace tandem::optim

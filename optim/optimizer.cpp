@@ -112,6 +112,29 @@ std::vector<Optimizer::DeviceBatch> Optimizer::grads_by_device(const std::string
   return batches;
 }
 
+void Optimizer::step_unless(const Tensor&) {
+  throw std::invalid_argument(
+      "[Optimizer::step_unless] expected an optimizer that skips its step on the device (SGD, Adam or AdamW "
+      "constructed with capturable = true), got one that does not");
+}
+
+const float* Optimizer::found_inf_ptr(const std::string& name, const Tensor& found_inf,
+                                      const std::vector<DeviceBatch>& batches) {
+  if (!found_inf.defined()) return nullptr;
+  const std::string where = "[" + name + "::step_unless] expected found_inf ";
+  if (found_inf.dtype() != DType::kF32 || found_inf.numel() != 1) {
+    throw std::invalid_argument(where + "to be a float32 tensor of one element, got " + std::string(dtype_name(found_inf.dtype())) +
+                                " " + shape_str(found_inf.shape()));
+  }
+  for (const DeviceBatch& batch : batches) {
+    if (batch.device != found_inf.device()) {
+      throw std::invalid_argument(where + "on the device of the gradients (" + batch.device.str() + "), got " +
+                                  found_inf.device().str());
+    }
+  }
+  return static_cast<const float*>(found_inf.data_ptr());
+}
+
 OptimizerState Optimizer::state_dict() const {
   OptimizerState out;
   for (const auto& [kind, slots] : state_) {

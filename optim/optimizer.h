@@ -33,6 +33,15 @@ class Optimizer {
 
   /// Applies one update to every parameter that has a gradient.
   virtual void step() = 0;
+  /// Whether step_unless() works: SGD, Adam and AdamW constructed with capturable = true.
+  virtual bool capturable() const { return false; }
+  /// step(), except that the kernels read `found_inf` (an f32 tensor of one element on
+  /// the parameters' device) when they run and change nothing when it is nonzero: the
+  /// parameters and all state, step counts included, stay as they were. The host never
+  /// reads the flag, so a GradScaler's skip decision stays on the device and the step
+  /// can be captured in a CUDA graph; step_count() counts the call either way. Throws
+  /// std::invalid_argument unless capturable(), or when found_inf is not such a tensor.
+  virtual void step_unless(const Tensor& found_inf);
   /// Drops every parameter's gradient (set_to_none) or fills it with zeros.
   void zero_grad(bool set_to_none = true);
 
@@ -84,6 +93,11 @@ class Optimizer {
   /// gradient's device, dtype or shape differs from its parameter's, and
   /// throw_unsupported(op, ...) for a dtype other than f32/f64.
   std::vector<DeviceBatch> grads_by_device(const std::string& name, const char* op) const;
+  /// found_inf's memory for step_unless() of the optimizer `name` (null when undefined,
+  /// as from step()). Throws std::invalid_argument "[<name>::step_unless] expected ..."
+  /// unless it is one f32 element on the device of every batch.
+  static const float* found_inf_ptr(const std::string& name, const Tensor& found_inf,
+                                    const std::vector<DeviceBatch>& batches);
 
   std::vector<ParamGroup> groups_;
   int64_t step_count_ = 0;

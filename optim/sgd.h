@@ -15,6 +15,12 @@ struct SGDOptions {
   double dampening = 0.0;
   double weight_decay = 0.0;
   bool nesterov = false;
+  /// As AdamOptions::capturable: with momentum, each parameter's count of steps lives in
+  /// a one-element f64 tensor on its device, from which the kernel decides the first
+  /// step (the one that seeds the momentum buffer) when it runs. A step() captured in a
+  /// CUDA graph after one eager step then replays right, and step_unless() works (a
+  /// GradScaler skip on the device, even of the first step, is no step at all).
+  bool capturable = false;
 };
 
 class SGD : public Optimizer {
@@ -28,14 +34,30 @@ class SGD : public Optimizer {
   /// g = grad + wd·p; b = μ·b + (1-dampening)·g (b = g on a parameter's first step);
   /// g = nesterov ? g + μ·b : b; p -= lr·g. Parameters without a gradient are skipped.
   void step() override;
+  bool capturable() const override { return options_.capturable; }
+  /// See Optimizer::step_unless.
+  void step_unless(const Tensor& found_inf) override;
 
   const SGDOptions& options() const { return options_; }
+
+  /// The base state with tensors "momentum_buffer.<i>" of the parameters stepped so far
+  /// (capturable: as the device counts say, a synchronisation).
+  OptimizerState state_dict() const override;
+  /// Restores state_dict() output (capturable counts follow: a parameter with a
+  /// momentum buffer has stepped).
+  void load_state_dict(const OptimizerState& state) override;
 
  protected:
   std::vector<std::string> state_kinds() const override { return {"momentum_buffer"}; }
 
  private:
+  /// step() and step_unless(): the kernels skip when found_inf is defined and nonzero.
+  void step_impl(const Tensor& found_inf);
+
   SGDOptions options_;
+  // Capturable with momentum: per parameter, its step count as a one-element f64 tensor
+  // on its device (undefined until its first step).
+  std::vector<Tensor> step_counts_;
 };
 
 }  // namespace tandem::optim

@@ -242,16 +242,9 @@ TEST(Adam, CapturableStepsMatchHostStepsExactly) {
         std::vector<Tensor> host_params, dev_params;
         auto host = make(false, host_params), captured = make(true, dev_params);
         for (int k = 0; k < 6; ++k) {
-          for (size_t i = 0; i < 2; ++i) {
-            if (i == 1 && k == 0) continue;  // the second parameter misses the first step
-            const Tensor g = random_tensor(host_params[i].shape(), 30 + 2 * k + i, dtype);
-            host_params[i].set_grad(g.clone());
-            dev_params[i].set_grad(g.clone());
-          }
-          host->step();
-          captured->step();
-          for (size_t i = 0; i < 2; ++i)
-            EXPECT_EQ(dev_params[i].to_vector<double>(), host_params[i].to_vector<double>()) << "step " << k;
+          // The second parameter misses the first step.
+          tandem::testing::step_in_lockstep(host_params, *host, dev_params, *captured, k,
+                                            [&](size_t i) { return i == 0 || k > 0; });
           if (k == 2) captured->load_state_dict(captured->state_dict());  // counts written back in place
         }
         EXPECT_EQ(captured->param_step(0), 6);
@@ -433,6 +426,37 @@ TEST(ClipGradNorm, NonFiniteNorm) {
   // The max propagates NaN too.
   set_grad(p, {1.0, std::nan("")});
   EXPECT_TRUE(std::isnan(clip_grad_norm({p}, 1.0, std::numeric_limits<double>::infinity())));
+}
+
+TEST(ClipGradNormOnDevice, SameNormsAndGradientsAsClipGradNorm) {
+  // The device variant keeps the accumulators, norm and factor in tensors; its values
+  // must be clip_grad_norm's exactly: every order, mixed dtypes, clipped or not, NaN.
+  const double inf = std::numeric_limits<double>::infinity();
+  for (double p : {2.0, 1.0, 3.5, inf}) {
+    for (double fraction : {2.0, 0.5}) {
+      SCOPED_TRACE("p=" + std::to_string(p) + " max_norm = norm * " + std::to_string(fraction));
+      std::vector<Tensor> a = params_with_grads(DType::kF32, 5), b = params_with_grads(DType::kF32, 5);
+      a.push_back(random_tensor({33}, 7, DType::kBF16).set_requires_grad(true));
+      a.back().set_grad(random_tensor({33}, 8, DType::kBF16));
+      b.push_back(a.back().detach().clone().set_requires_grad(true));
+      b.back().set_grad(a.back().grad().clone());
+      const double max_norm = reference_norm(a, p) * fraction;
+      const double want = clip_grad_norm(a, max_norm, p);
+      const Tensor got = clip_grad_norm_on_device(b, max_norm, p);
+      EXPECT_EQ(got.dim(), 0);
+      EXPECT_EQ(got.dtype(), DType::kF64);
+      EXPECT_EQ(got.item(), want);
+      for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(all_close(b[i].grad(), a[i].grad(), 0, 0)) << i;
+    }
+  }
+  Tensor q = param({1.0, 2.0});
+  EXPECT_EQ(clip_grad_norm_on_device({q}, 1.0).item(), 0.0) << "no gradients";
+  EXPECT_EQ(clip_grad_norm_on_device({}, 1.0).item(), 0.0);
+  set_grad(q, {std::nan(""), 1.0});
+  EXPECT_TRUE(std::isnan(clip_grad_norm_on_device({q}, 1.0).item()));
+  EXPECT_TRUE(std::isnan(q.grad().to_vector<double>()[1])) << "a NaN norm scales every gradient to NaN";
+  expect_invalid([&] { clip_grad_norm_on_device({q}, -1.0); }, {"[clip_grad_norm]", "max_norm >= 0", "got -1"});
+  expect_invalid([&] { clip_grad_norm_on_device({q}, 1.0, 0.0); }, {"norm_type > 0 (or infinity)", "got 0"});
 }
 
 TEST(ClipGradNorm, ArgumentErrors) {

@@ -1,6 +1,7 @@
 // GPU tests of the optim/ additions: the fused multi-tensor Adam / AdamW launch against
 // the CPU kernel (f32 and f64, AMSGrad, many tensors, multi-chunk and oversized
-// tensors, a parameter that misses steps), the multi-tensor norm and scale of
+// tensors, a parameter that misses steps, capturable counts, a step skipped on the
+// device), the multi-tensor norm and scale of
 // clip_grad_norm against the CPU path, and the host-side launch plans.
 #include <cmath>
 #include <limits>
@@ -61,6 +62,29 @@ TEST(CudaAdam, CapturableMatchesCpu) {
     compare_cpu_cuda(shapes, DType::kF64, o, decoupled, 4, 1e-12, 1e-11);
     compare_cpu_cuda(shapes, DType::kF32, o, decoupled, 4, 1e-5, 1e-4);
   }
+}
+
+TEST(CudaAdam, StepUnlessSkipsOnTheDeviceStepCountsIncluded) {
+  TANDEM_REQUIRE_CUDA();
+  const Device gpu = Device::cuda();
+  Tensor p = random_tensor({5000}, 1, DType::kF32, gpu).set_requires_grad(true);
+  Tensor q = p.detach().cpu().set_requires_grad(true);
+  const Tensor g = random_tensor({5000}, 2, DType::kF32, gpu);
+  optim::AdamW opt({p}, {.lr = 0.01, .amsgrad = true, .capturable = true});
+  optim::AdamW want({q}, {.lr = 0.01, .amsgrad = true});
+  p.set_grad(g);
+  q.set_grad(g.cpu());
+  const Tensor before = p.cpu();
+  opt.step_unless(full({1}, 1.0, {.dtype = DType::kF32, .device = gpu}));
+  EXPECT_TRUE(all_close(p.cpu(), before, 0.0, 0.0)) << "a raised flag changes nothing";
+  EXPECT_EQ(opt.param_step(0), 0);
+  EXPECT_TRUE(opt.state_dict().tensors.empty()) << "no moments before a step that ran";
+  for (int k = 0; k < 3; ++k) {
+    opt.step_unless(zeros({1}, {.dtype = DType::kF32, .device = gpu}));
+    want.step();
+  }
+  EXPECT_EQ(opt.param_step(0), 3);
+  EXPECT_TRUE(all_close(p.cpu(), q.detach(), 1e-6, 1e-5));
 }
 
 TEST(CudaAdam, ManyTensorsAndOversizedTensor) {
@@ -179,4 +203,50 @@ TEST(CudaClipGradNorm, NanAndMixedDevices) {
   EXPECT_DOUBLE_EQ(optim::clip_grad_norm({c, d}, 1.0), 5.0);
   EXPECT_NEAR(c.grad().item(), 3.0 / (5.0 + 1e-6), 1e-15);
   EXPECT_NEAR(d.grad().item(), 4.0 / (5.0 + 1e-6), 1e-15);
+}
+
+TEST(CudaClipGradNorm, OnDeviceMatchesTheHostPathAndReadsNothingBack) {
+  TANDEM_REQUIRE_CUDA();
+  set_poison_allocations(true);
+  const double inf = std::numeric_limits<double>::infinity();
+  // Two dtype groups on the GPU (f32 and bf16), several launches' worth of tensors.
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 150; ++i) shapes.push_back({(i * 53) % 900 + 1});
+  for (double p : {2.0, inf, 3.0}) {
+    for (double fraction : {3.0, 1.0 / 3.0}) {
+      SCOPED_TRACE("p=" + std::to_string(p) + " max_norm = norm * " + std::to_string(fraction));
+      std::vector<Tensor> host, device;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const DType dtype = i % 3 == 0 ? DType::kBF16 : DType::kF32;
+        Tensor g = random_tensor(shapes[i], 10 + i, dtype);
+        Tensor ph = random_tensor(shapes[i], 5000 + i, dtype).set_requires_grad(true);
+        Tensor pd = ph.to(Device::cuda()).detach().set_requires_grad(true);
+        ph.set_grad(g.clone());
+        pd.set_grad(g.to(Device::cuda()));
+        host.push_back(ph);
+        device.push_back(pd);
+      }
+      std::vector<Tensor> probe;  // the norm, measured on copies
+      for (const Tensor& t : host) {
+        probe.push_back(t.detach().clone().set_requires_grad(true));
+        probe.back().set_grad(t.grad().clone());
+      }
+      const double max_norm = optim::clip_grad_norm(probe, 1e30, p) * fraction;
+      const double want = optim::clip_grad_norm(host, max_norm, p);
+      const Tensor got = optim::clip_grad_norm_on_device(device, max_norm, p);
+      EXPECT_EQ(got.device(), Device::cuda());
+      EXPECT_NEAR(got.item(), want, 1e-10 * want);  // f64 accumulation in another order
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const double tol = device[i].dtype() == DType::kBF16 ? 1e-2 : 1e-6;
+        ASSERT_TRUE(all_close(device[i].grad().cpu(), host[i].grad(), tol, tol)) << "tensor " << i;
+      }
+    }
+  }
+  // Gradients on two devices: refused (the norm would need the host).
+  Tensor c = Tensor::from_vector(std::vector<double>{3.0}, {1}).set_requires_grad(true);
+  c.set_grad(Tensor::from_vector(std::vector<double>{3.0}, {1}));
+  Tensor d = Tensor::from_vector(std::vector<double>{4.0}, {1}, Device::cuda()).set_requires_grad(true);
+  d.set_grad(Tensor::from_vector(std::vector<double>{4.0}, {1}, Device::cuda()));
+  tandem::testing::expect_invalid([&] { (void)optim::clip_grad_norm_on_device({c, d}, 1.0); },
+                                  {"[clip_grad_norm_on_device] expected every gradient on one device", "cuda:0"});
 }

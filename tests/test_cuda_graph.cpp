@@ -1,16 +1,19 @@
 // CUDA graphs: ops and a whole training step (forward, backward, SGD or capturable
-// AdamW) captured once and replayed on new data against the same work run eagerly; the private pool keeping the
-// graph's memory from eager tensors and returning it after reset; and the errors.
+// AdamW, f16 with a capturable GradScaler) captured once and replayed on new data
+// against the same work run eagerly; the private pool keeping the graph's memory from
+// eager tensors and returning it after reset; and the errors.
 // Skips without a device, and under TANDEM_CUDA_CACHING_ALLOCATOR=0 (gpu-check's
 // memcheck stage), where capture is refused by design.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cuda/graph.h"
 #include "engine/cuda/runtime.h"
@@ -21,6 +24,7 @@
 #include "layers/linear.h"
 #include "layers/sequential.h"
 #include "optim/adam.h"
+#include "optim/grad_scaler.h"
 #include "optim/sgd.h"
 #include "test_util.h"
 
@@ -71,26 +75,49 @@ std::shared_ptr<nn::Sequential> make_mlp() {
   return model;
 }
 
+/// f16 mixed precision for expect_replays_match_eager_steps: each side's scaler (both
+/// capturable), and a batch whose input holds an inf (its step must be skipped).
+struct Fp16Scaling {
+  optim::GradScaler* eager = nullptr;
+  optim::GradScaler* captured = nullptr;
+  uint64_t inf_batch = 0;
+};
+
 /// Trains `eager` and `captured` (the same MLP) with their optimizers: two eager warm-up
 /// steps on both (optimizer state and every first allocation exist before the capture,
 /// as they must), then `replays` batches, stepped eagerly on one and by replaying a
 /// captured step on the other; each replay's loss and the final parameters must agree.
+/// With `fp16`, forward and loss run under f16 autocast and the steps go through the scalers.
 void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager_opt, nn::Module& captured,
-                                      optim::Optimizer& captured_opt, int replays) {
-  auto batch = [](uint64_t seed) {
-    return std::pair{random_tensor({16, 20}, seed, DType::kF32, kGpu), random_indices({16}, 5, seed + 100, kGpu)};
+                                      optim::Optimizer& captured_opt, int replays, const Fp16Scaling& fp16 = {},
+                                      double tolerance = 1e-6) {
+  auto batch = [&](uint64_t seed) {
+    Tensor x = random_tensor({16, 20}, seed, DType::kF32, kGpu);
+    if (fp16.eager != nullptr && seed == fp16.inf_batch) x.narrow(0, 3, 1).fill_(std::numeric_limits<double>::infinity());
+    return std::pair{x, random_indices({16}, 5, seed + 100, kGpu)};
   };
-  auto step = [](nn::Module& model, optim::Optimizer& opt, const Tensor& x, const Tensor& y) {
+  auto step = [](nn::Module& model, optim::Optimizer& opt, optim::GradScaler* scaler, const Tensor& x,
+                 const Tensor& y) {
     opt.zero_grad();
-    Tensor loss = cross_entropy(model.forward(x), y);
-    loss.backward();
-    opt.step();
+    Tensor loss;
+    {
+      AutocastGuard guard(DType::kF16, scaler != nullptr);
+      loss = cross_entropy(model.forward(x), y);
+    }
+    if (scaler == nullptr) {
+      loss.backward();
+      opt.step();
+      return loss;
+    }
+    scaler->scale(loss).backward();
+    scaler->step(opt);
+    scaler->update();
     return loss;
   };
   for (uint64_t seed : {1u, 2u}) {
     auto [x, y] = batch(seed);
-    step(eager, eager_opt, x, y);
-    step(captured, captured_opt, x, y);
+    step(eager, eager_opt, fp16.eager, x, y);
+    step(captured, captured_opt, fp16.captured, x, y);
   }
   Tensor static_x = Tensor::empty({16, 20}, {.dtype = DType::kF32, .device = kGpu});
   Tensor static_y = Tensor::empty({16}, {.dtype = DType::kI64, .device = kGpu});
@@ -98,19 +125,26 @@ void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager
   synchronize(0);
   Graph graph;
   graph.capture_begin();
-  const Tensor static_loss = step(captured, captured_opt, static_x, static_y);
+  const Tensor static_loss = step(captured, captured_opt, fp16.captured, static_x, static_y);
   graph.capture_end();
   for (uint64_t seed = 3; seed < 3 + static_cast<uint64_t>(replays); ++seed) {
     auto [x, y] = batch(seed);
     static_x.copy_(x);
     static_y.copy_(y);
     graph.replay();
-    const Tensor want_loss = step(eager, eager_opt, x, y);
-    EXPECT_TRUE(all_close(static_loss.cpu(), want_loss.cpu(), 1e-6, 1e-6)) << "seed " << seed;
+    const Tensor want_loss = step(eager, eager_opt, fp16.eager, x, y);
+    if (fp16.eager != nullptr && seed == fp16.inf_batch) {
+      // Its first layer's weight gradient holds inf·0 = NaN (the loss itself may stay
+      // finite: ReLU maps NaN to 0), so both steps were skipped on the device.
+      EXPECT_EQ(fp16.captured->skipped_steps(), 1) << "the inf batch";
+      EXPECT_EQ(fp16.eager->skipped_steps(), 1) << "the inf batch";
+      continue;
+    }
+    EXPECT_TRUE(all_close(static_loss.cpu(), want_loss.cpu(), tolerance, tolerance)) << "seed " << seed;
   }
   const auto pe = eager.parameters(), pc = captured.parameters();
   ASSERT_EQ(pe.size(), pc.size());
-  for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), 1e-6, 1e-6)) << i;
+  for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), tolerance, tolerance)) << i;
 }
 
 TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
@@ -128,6 +162,23 @@ TEST_F(CudaGraph, CapturedAdamWStepCountsOnAcrossReplays) {
   optim::AdamW eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
   expect_replays_match_eager_steps(*eager, eager_opt, *captured, captured_opt, 5);
   EXPECT_EQ(captured_opt.param_step(0), 7);
+}
+
+TEST_F(CudaGraph, CapturedFp16StepWithCapturableScalerSkipsOnTheDevice) {
+  // f16 autocast with a capturable GradScaler and capturable SGD: the scale, the inf
+  // check, the skip and the scale update all happen on the device, so one replay (the
+  // batch holding an inf) skips its step and backs the scale off exactly as the eager
+  // steps do, and the next replays unscale by the new scale.
+  auto eager = make_mlp(), captured = make_mlp();
+  const optim::SGDOptions options{.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .capturable = true};
+  optim::SGD eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
+  optim::GradScaler eager_scaler({.growth_interval = 2, .capturable = true});
+  optim::GradScaler captured_scaler({.growth_interval = 2, .capturable = true});
+  expect_replays_match_eager_steps(*eager, eager_opt, *captured, captured_opt, 6,
+                                   {.eager = &eager_scaler, .captured = &captured_scaler, .inf_batch = 5}, 1e-3);
+  EXPECT_EQ(captured_scaler.skipped_steps(), 1);
+  EXPECT_EQ(captured_scaler.get_scale(), eager_scaler.get_scale());
+  EXPECT_EQ(captured_scaler.growth_tracker(), eager_scaler.growth_tracker());
 }
 
 TEST_F(CudaGraph, DropoutDrawsFreshMasksOnEveryReplay) {

@@ -1,6 +1,7 @@
 // GPU tests of optim/: the fused multi-tensor SGD launch against the CPU kernel
-// (f32 and f64, many tensors, multi-chunk and oversized tensors), its launch plan,
-// device-mismatch errors; plus the DataLoader's pinned, asynchronous copies to CUDA.
+// (f32 and f64, many tensors, multi-chunk and oversized tensors, capturable counts),
+// its launch plan, a step skipped on the device, device-mismatch errors; plus the
+// DataLoader's pinned, asynchronous copies to CUDA.
 #include <memory>
 #include <stdexcept>
 
@@ -39,6 +40,42 @@ TEST(CudaSGD, MatchesCpuF32AndF64) {
   }
   compare_cpu_cuda(shapes, DType::kF32, {.lr = 0.1}, 2, 1e-6, 1e-5);
   compare_cpu_cuda(shapes, DType::kF32, {.lr = 0.1, .momentum = 0.5, .dampening = 0.3}, 3, 1e-6, 1e-5);
+}
+
+TEST(CudaSGD, CapturableMatchesCpu) {
+  TANDEM_REQUIRE_CUDA();
+  // The first step decided from device counts; 100 tensors need several of the smaller
+  // capturable argument structs.
+  std::vector<Shape> shapes{{7}, {33, 5}, {65536 * 3 + 11}};
+  for (int i = 0; i < 100; ++i) shapes.push_back({(i * 37) % 500 + 1});
+  const optim::SGDOptions o{.lr = 0.05, .momentum = 0.9, .dampening = 0.2, .weight_decay = 5e-4, .capturable = true};
+  compare_cpu_cuda(shapes, DType::kF32, o, 3, 1e-6, 1e-5);
+  compare_cpu_cuda(shapes, DType::kF64, o, 3, 1e-13, 1e-12);
+}
+
+TEST(CudaSGD, StepUnlessSkipsOnTheDevice) {
+  TANDEM_REQUIRE_CUDA();
+  const Device gpu = Device::cuda();
+  Tensor p = random_tensor({1000}, 1, DType::kF32, gpu).set_requires_grad(true);
+  p.set_grad(random_tensor({1000}, 2, DType::kF32, gpu));
+  optim::SGD opt({p}, {.lr = 0.1, .momentum = 0.9, .dampening = 0.5, .capturable = true});
+  const Tensor before = p.cpu();
+  opt.step_unless(full({1}, 1.0, {.dtype = DType::kF32, .device = gpu}));
+  EXPECT_TRUE(all_close(p.cpu(), before, 0.0, 0.0)) << "a raised flag changes nothing";
+  EXPECT_TRUE(opt.state_dict().tensors.empty()) << "the skipped first step left no momentum";
+  opt.step_unless(zeros({1}, {.dtype = DType::kF32, .device = gpu}));
+  // The first step that runs seeds the buffer with the gradient, undamped.
+  EXPECT_TRUE(all_close(p.cpu(), before - 0.1 * p.grad().cpu(), 1e-6, 1e-6));
+  EXPECT_TRUE(all_close(opt.state_dict().tensors.at("momentum_buffer.0").cpu(), p.grad().cpu(), 0.0, 0.0));
+  try {
+    opt.step_unless(zeros({1}));
+    FAIL() << "expected a device mismatch error";
+  } catch (const std::invalid_argument& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("[SGD::step_unless] expected found_inf on the device of the gradients (cuda:0), got cpu"),
+              std::string::npos)
+        << msg;
+  }
 }
 
 TEST(CudaSGD, ManyTensorsAndOversizedTensor) {
@@ -107,6 +144,18 @@ TEST(CudaSGD, LaunchPlan) {
   EXPECT_EQ(launches(refs({320 * kSGDChunkSize})), 1);
   EXPECT_EQ(launches(refs({320 * kSGDChunkSize + 1})), 2);
   EXPECT_EQ(launches(refs({200 * kSGDChunkSize, 200 * kSGDChunkSize})), 2);
+  // With step counts (capturable) a struct holds fewer tensors.
+  const double count = 0.0;
+  auto counted = [&](std::vector<int64_t> sizes) {
+    std::vector<SGDTensorRef> out = refs(std::move(sizes));
+    for (SGDTensorRef& r : out) r.step_count = &count;
+    return out;
+  };
+  EXPECT_EQ(launches(counted(std::vector<int64_t>(kernels::cuda::kSGDCapturableMaxTensors, 5))), 1);
+  EXPECT_EQ(launches(counted(std::vector<int64_t>(kernels::cuda::kSGDCapturableMaxTensors + 1, 5))), 2);
+  std::vector<SGDTensorRef> mixed = counted({5, 5});
+  mixed[1].step_count = nullptr;
+  EXPECT_THROW(launches(mixed), std::logic_error);
 #else
   GTEST_SKIP() << "built without CUDA";
 #endif

@@ -1,9 +1,11 @@
 // GradScaler: the scale trajectory over scripted finite / inf / NaN iterations against
 // PyTorch's rule (tests/fixtures/grad_scaler.json), unscaling, skipped steps that leave
 // parameters and optimizer state untouched, clip-after-unscale, state round trip,
-// pass-through when disabled, errors, the CPU unscale kernel, and the same skip decision
-// on every rank under DDP (local threads and gloo worker processes, 2 and 3 ranks).
+// pass-through when disabled, errors, the capturable scaler (state and skips on the
+// device) against the host one, the CPU unscale kernel, and the same skip decision on
+// every rank under DDP (local threads and gloo worker processes, 2 and 3 ranks).
 #include <chrono>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -346,6 +348,196 @@ TEST(GradScalerErrors, CallsOutOfOrderBeforeUpdate) {
   expect_invalid([&] { (void)scaler.scale(Tensor()); }, {"[GradScaler::scale]", "loss"});
 }
 
+// ---- capturable: state and decisions on the device ----------------------------------------
+
+using MakeOptimizer = std::function<std::unique_ptr<Optimizer>(std::vector<Tensor>, bool capturable)>;
+
+/// Scripted iterations with a host scaler and a capturable one side by side, each with
+/// its own copy of the parameters and optimizer: every step, the scale, tracker and
+/// skipped count, and the optimizer state must agree bit for bit.
+void check_capturable_matches_host(const MakeOptimizer& make, const std::string& what) {
+  SCOPED_TRACE(what);
+  const std::vector<Shape> shapes = {{4, 3}, {6}, {5}};
+  std::vector<Tensor> host_p, cap_p;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const Tensor init = random_tensor(shapes[i], 80 + i, DType::kF32);
+    host_p.push_back(init.clone().set_requires_grad(true));
+    cap_p.push_back(init.clone().set_requires_grad(true));
+  }
+  std::unique_ptr<Optimizer> host_opt = make(host_p, false), cap_opt = make(cap_p, true);
+  GradScaler host({.growth_interval = 2}), cap({.growth_interval = 2, .capturable = true});
+  // The first iteration is skipped: no parameter has stepped yet (SGD must seed its
+  // momentum at the first step that runs). The scale grows twice on the way.
+  const std::string events = "IFFFNFFIFFF";
+  for (size_t s = 0; s < events.size(); ++s) {
+    const std::string step = "iteration " + std::to_string(s) + " (" + events[s] + ")";
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      if (i == 2 && s % 2 == 1) {  // a parameter without a gradient now and then
+        host_p[i].set_grad(Tensor());
+        cap_p[i].set_grad(Tensor());
+        continue;
+      }
+      const Tensor g = random_tensor(shapes[i], 90 + 10 * s + i, DType::kF32);
+      const char event = i == 1 ? events[s] : 'F';
+      set_scaled_grad(host_p[i], g, host.get_scale(), event);
+      set_scaled_grad(cap_p[i], g, cap.get_scale(), event);
+    }
+    EXPECT_EQ(host.step(*host_opt), events[s] == 'F') << step;
+    EXPECT_TRUE(cap.step(*cap_opt)) << step;
+    host.update();
+    cap.update();
+    expect_bitwise_equal(copies(cap_p), copies(host_p), step);
+    EXPECT_EQ(cap.get_scale(), host.get_scale()) << step;
+    EXPECT_EQ(cap.growth_tracker(), host.growth_tracker()) << step;
+  }
+  EXPECT_EQ(host.skipped_steps(), 3);
+  EXPECT_EQ(cap.skipped_steps(), 3);
+  EXPECT_EQ(cap.state_dict(), host.state_dict());
+  // step_count() counts calls: the capturable optimizer was called for skipped steps too.
+  EXPECT_EQ(host_opt->step_count(), 8);
+  EXPECT_EQ(cap_opt->step_count(), 11);
+  OptimizerState want = host_opt->state_dict(), got = cap_opt->state_dict();
+  want.scalars.erase("step_count");
+  got.scalars.erase("step_count");
+  EXPECT_EQ(got.scalars, want.scalars);
+  ASSERT_EQ(got.tensors.size(), want.tensors.size());
+  for (const auto& [name, t] : want.tensors) {
+    ASSERT_TRUE(got.tensors.count(name)) << name;
+    EXPECT_TRUE(all_close(got.tensors.at(name), t, 0.0, 0.0)) << name;
+  }
+}
+
+TEST(GradScalerCapturable, MatchesTheHostScalerWithSGD) {
+  check_capturable_matches_host(
+      [](std::vector<Tensor> p, bool capturable) {
+        return std::make_unique<SGD>(
+            std::move(p),
+            SGDOptions{.lr = 0.1, .momentum = 0.9, .dampening = 0.25, .weight_decay = 1e-3, .capturable = capturable});
+      },
+      "SGD with momentum and dampening");
+  check_capturable_matches_host(
+      [](std::vector<Tensor> p, bool capturable) {
+        return std::make_unique<SGD>(std::move(p), SGDOptions{.lr = 0.1, .capturable = capturable});
+      },
+      "SGD without momentum");
+}
+
+TEST(GradScalerCapturable, MatchesTheHostScalerWithAdamAndAdamW) {
+  check_capturable_matches_host(
+      [](std::vector<Tensor> p, bool capturable) {
+        return std::make_unique<Adam>(std::move(p), AdamOptions{.weight_decay = 1e-2, .capturable = capturable});
+      },
+      "Adam");
+  check_capturable_matches_host(
+      [](std::vector<Tensor> p, bool capturable) {
+        return std::make_unique<AdamW>(std::move(p), AdamWOptions{.amsgrad = true, .capturable = capturable});
+      },
+      "AdamW with AMSGrad");
+}
+
+TEST(GradScalerCapturable, ScalesTheLossByTheScaleOnItsDevice) {
+  GradScaler host, cap({.capturable = true});
+  EXPECT_FALSE(cap.scale_tensor().defined()) << "no device before the first loss";
+  const Tensor loss = random_tensor({}, 5, DType::kF32);
+  EXPECT_TRUE(all_close(cap.scale(loss), host.scale(loss), 0.0, 0.0));
+  ASSERT_TRUE(cap.scale_tensor().defined());
+  EXPECT_EQ(cap.scale_tensor().dtype(), DType::kF32);
+  EXPECT_EQ(cap.scale_tensor().item(), 65536.0);
+  const Tensor loss64 = random_tensor({}, 6, DType::kF64);
+  EXPECT_EQ(cap.scale(loss64).dtype(), DType::kF64);
+  EXPECT_TRUE(all_close(cap.scale(loss64), host.scale(loss64), 0.0, 0.0));
+  // A half loss is promoted: 65536 does not fit in f16.
+  const Tensor half_loss = loss.to(DType::kF16);
+  const Tensor scaled = cap.scale(half_loss);
+  EXPECT_EQ(scaled.dtype(), DType::kF32);
+  EXPECT_EQ(scaled.item(), half_loss.item() * 65536.0);
+  // Differentiable: the backward pass sees the scale.
+  Tensor w = random_tensor({3}, 7, DType::kF32).set_requires_grad(true);
+  cap.scale(sum(w)).backward();
+  EXPECT_TRUE(all_close(w.grad(), full({3}, 65536.0), 0.0, 0.0));
+}
+
+TEST(GradScalerCapturable, StateRoundTripsAndLoadsInPlace) {
+  GradScaler cap({.growth_interval = 3, .capturable = true});
+  const GradScalerState before_use = {{"scale", 512.0},          {"growth_tracker", 2.0}, {"growth_factor", 4.0},
+                                      {"backoff_factor", 0.25},  {"growth_interval", 3.0}, {"skipped_steps", 7.0}};
+  cap.load_state_dict(before_use);  // seeds the device state made by the first scale()
+  (void)cap.scale(random_tensor({}, 1, DType::kF32));
+  EXPECT_EQ(cap.state_dict(), before_use);
+  const void* address = cap.scale_tensor().data_ptr();
+  GradScalerState later = before_use;
+  later["scale"] = 2048.0;
+  later["skipped_steps"] = 9.0;
+  cap.load_state_dict(later);
+  EXPECT_EQ(cap.scale_tensor().data_ptr(), address) << "a captured graph holds the address";
+  EXPECT_EQ(cap.state_dict(), later);
+  EXPECT_TRUE(cap.options().capturable);
+  // The next finite iteration reaches the interval (tracker 2 + 1 = 3): 2048 · 4.
+  Tensor p = random_tensor({3}, 2, DType::kF32).set_requires_grad(true);
+  SGD opt({p}, {.lr = 0.1, .capturable = true});
+  set_scaled_grad(p, random_tensor({3}, 3, DType::kF32), cap.get_scale(), 'F');
+  cap.step(opt);
+  cap.update();
+  EXPECT_EQ(cap.get_scale(), 8192.0);
+  EXPECT_EQ(cap.growth_tracker(), 0);
+  EXPECT_EQ(cap.skipped_steps(), 9);
+}
+
+TEST(GradScalerCapturable, NeedsAnOptimizerThatSkipsOnTheDevice) {
+  Tensor p = random_tensor({3}, 40, DType::kF32).set_requires_grad(true);
+  SGD plain({p}, {.lr = 0.1});
+  GradScaler cap({.capturable = true});
+  set_scaled_grad(p, random_tensor({3}, 41, DType::kF32), 65536.0, 'F');
+  const std::vector<Tensor> before = copies({p});
+  expect_invalid([&] { cap.step(plain); },
+                 {"[GradScaler::step] expected an optimizer that skips its step on the device",
+                  "capturable = true", "got one that does not"});
+  expect_bitwise_equal(copies({p}), before, "parameters after the refused step");
+}
+
+TEST(GradScalerCapturable, OneUpdateTakesAtMostKMaxOptimizers) {
+  GradScaler cap({.capturable = true});
+  std::vector<Tensor> params;
+  std::vector<std::unique_ptr<SGD>> opts;
+  for (int i = 0; i <= GradScaler::kMaxOptimizers; ++i) {
+    params.push_back(random_tensor({2}, 100 + static_cast<uint64_t>(i), DType::kF32).set_requires_grad(true));
+    params.back().set_grad(random_tensor({2}, 200 + static_cast<uint64_t>(i), DType::kF32));
+    opts.push_back(std::make_unique<SGD>(std::vector<Tensor>{params.back()}, SGDOptions{.lr = 0.1, .capturable = true}));
+  }
+  for (int i = 0; i < GradScaler::kMaxOptimizers; ++i) cap.step(*opts[static_cast<size_t>(i)]);
+  expect_invalid([&] { cap.step(*opts.back()); },
+                 {"[GradScaler::unscale] expected at most 32 optimizers per update() when capturable", "got one more"});
+  cap.update();  // the 32 that stepped
+  EXPECT_EQ(cap.get_scale(), 65536.0);
+  cap.step(*opts.back());  // a new iteration takes it
+  cap.update();
+}
+
+TEST(OptimizerStepUnless, ErrorsNameWhatWasExpected) {
+  Tensor p = random_tensor({3}, 50, DType::kF32).set_requires_grad(true);
+  p.set_grad(random_tensor({3}, 51, DType::kF32));
+  SGD plain({p}, {.lr = 0.1});
+  SGD sgd({p}, {.lr = 0.1, .momentum = 0.9, .capturable = true});
+  AdamW adamw({p}, {.capturable = true});
+  const Tensor flag = zeros({1});
+  EXPECT_FALSE(plain.capturable());
+  EXPECT_TRUE(sgd.capturable());
+  expect_invalid([&] { plain.step_unless(flag); },
+                 {"[Optimizer::step_unless] expected an optimizer that skips its step on the device",
+                  "got one that does not"});
+  expect_invalid([&] { sgd.step_unless(zeros({1}, {.dtype = DType::kF64})); },
+                 {"[SGD::step_unless] expected found_inf to be a float32 tensor of one element", "got float64 [1]"});
+  expect_invalid([&] { adamw.step_unless(zeros({2})); },
+                 {"[AdamW::step_unless] expected found_inf to be a float32 tensor of one element", "got float32 [2]"});
+  expect_invalid([&] { sgd.step_unless(Tensor()); }, {"SGD::step_unless", "found_inf"});
+  // A raised flag: nothing moves; a clear one: the step runs.
+  const std::vector<Tensor> before = copies({p});
+  sgd.step_unless(full({1}, 1.0f));
+  expect_bitwise_equal(copies({p}), before, "after a flagged step");
+  sgd.step_unless(flag);
+  EXPECT_FALSE(all_close(copies({p})[0], before[0], 0.0, 0.0));
+}
+
 // ---- the CPU kernel ---------------------------------------------------------------------
 
 TEST(AmpKernelCpu, UnscalesEveryFloatingTypeAndFlagsInfAndNaN) {
@@ -358,7 +550,7 @@ TEST(AmpKernelCpu, UnscalesEveryFloatingTypeAndFlagsInfAndNaN) {
     std::vector<void*> ptrs = {a.data_ptr(), b.data_ptr(), nullptr};
     std::vector<int64_t> numel = {1000, 7, 0};
     float found = 0.0f;
-    kernels::cpu::amp_unscale_check_finite(dt, ptrs.data(), numel.data(), 3, 0.25f, &found);
+    kernels::cpu::amp_unscale_check_finite(dt, ptrs.data(), numel.data(), 3, 0.25f, nullptr, &found);
     EXPECT_EQ(found, 0.0f);
     EXPECT_TRUE(all_close(a, mul(a0, 0.25), 0.0, 0.0));
     EXPECT_TRUE(all_close(b, mul(b0, 0.25), 0.0, 0.0));
@@ -368,14 +560,14 @@ TEST(AmpKernelCpu, UnscalesEveryFloatingTypeAndFlagsInfAndNaN) {
       void* ptr = c.data_ptr();
       const int64_t n = 7;
       found = 0.0f;
-      kernels::cpu::amp_unscale_check_finite(dt, &ptr, &n, 1, 1.0f, &found);
+      kernels::cpu::amp_unscale_check_finite(dt, &ptr, &n, 1, 1.0f, nullptr, &found);
       EXPECT_EQ(found, 1.0f) << bad;
       // inv_scale 1 leaves every value as it was.
       EXPECT_TRUE(all_close(c.narrow(0, 0, 3), b0.narrow(0, 0, 3), 0.0, 0.0));
     }
     // The kernel only raises the flag; clearing it is the caller's job.
     found = 1.0f;
-    kernels::cpu::amp_unscale_check_finite(dt, ptrs.data(), numel.data(), 2, 0.5f, &found);
+    kernels::cpu::amp_unscale_check_finite(dt, ptrs.data(), numel.data(), 2, 0.5f, nullptr, &found);
     EXPECT_EQ(found, 1.0f);
   }
 }

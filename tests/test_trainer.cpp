@@ -20,6 +20,7 @@
 #include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "optim/adam.h"
+#include "optim/clip.h"
 #include "optim/sgd.h"
 #include "test_util.h"
 #include "train/loss.h"
@@ -96,6 +97,32 @@ TEST(Trainer, EqualsTheHandWrittenLoopBitForBit) {
   // Validation covers the whole set once.
   EXPECT_EQ(trainer.history().back().val_samples, 16);
   EXPECT_GT(trainer.history().back().val_acc, 0.0);
+}
+
+TEST(Trainer, ClippingEqualsTheHandWrittenLoopWithClipGradNorm) {
+  // The Trainer clips on the device (no host read of the norm); the hand-written loop
+  // uses clip_grad_norm, which reads it: the same parameters, bit for bit.
+  auto train = dataset(1), val = dataset(2, 16);
+  TrainerConfig c = base_config();
+  c.optimizer.clip_grad_norm = 0.05;  // small enough to clip every step
+  auto model = mlp();
+  Trainer(c, model, train, val).fit();
+
+  auto ref = mlp();
+  manual_seed(5);
+  optim::SGD opt(ref->parameters(), {.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-3});
+  data::DataLoader loader(train, {.batch_size = 8, .shuffle = true, .seed = 5});
+  int clipped = 0;
+  for (int e = 0; e < 2; ++e) {
+    for (data::Batch& b : loader) {
+      cross_entropy(ref->forward(b.input), b.target).backward();
+      clipped += optim::clip_grad_norm(ref->parameters(), 0.05) > 0.05;
+      opt.step();
+      opt.zero_grad();
+    }
+  }
+  EXPECT_GT(clipped, 0) << "the test must clip";
+  expect_params(params_of(*model), params_of(*ref), 0.0, "trainer vs loop, clipped");
 }
 
 TEST(Trainer, AccumulationOfFourMicroBatchesEqualsOneBatchFourTimesLarger) {
@@ -355,6 +382,43 @@ TEST(Trainer, Fp16ResumeRestoresTheLossScalerToo) {
   r.fit();
   EXPECT_EQ(r.history().back().loss_scale, s.history().back().loss_scale);
   expect_params(params_of(*b), params_of(*straight), 0.0, "fp16 resumed vs straight");
+}
+
+TEST(Trainer, Fp16WithTheScalerOnTheDeviceMatchesTheHostScaler) {
+  // A scale far too large for f16 makes the first steps overflow: both scalers skip
+  // them and back off alike. The device scaler (what the Trainer uses on CUDA) must give
+  // the same parameters and metrics, and resume from the host scaler's checkpoint.
+  TempDir dir;
+  auto train = dataset(21), val = dataset(22, 8);
+  TrainerConfig c = base_config();
+  c.epochs = 2;
+  c.precision = {.use_amp = true, .amp_dtype = DType::kF16, .scaler = {.init_scale = 1e12, .growth_interval = 3}};
+  auto host = mlp();
+  Trainer h(c, host, train, val);
+  h.fit();
+  EXPECT_GT(h.history().front().skipped_steps, 0) << "the test must skip steps";
+
+  TrainerConfig on_device = c;
+  on_device.precision.scaler.capturable = true;
+  auto dev = mlp();
+  Trainer d(on_device, dev, train, val);
+  d.fit();
+  expect_params(params_of(*dev), params_of(*host), 0.0, "device scaler vs host scaler");
+  for (size_t e = 0; e < h.history().size(); ++e) {
+    EXPECT_EQ(d.history()[e].skipped_steps, h.history()[e].skipped_steps) << "epoch " << e;
+    EXPECT_EQ(d.history()[e].loss_scale, h.history()[e].loss_scale) << "epoch " << e;
+  }
+
+  TrainerConfig first = c;
+  first.epochs = 1;
+  first.checkpoint.dir = dir.path().string();
+  Trainer(first, mlp(), train, val).fit();
+  TrainerConfig rest = on_device;
+  rest.checkpoint.dir = dir.path().string();
+  rest.checkpoint.resume = "auto";
+  auto r = mlp();
+  Trainer(rest, r, train, val).fit();
+  expect_params(params_of(*r), params_of(*host), 0.0, "device scaler resumed from a host-scaler checkpoint");
 }
 
 TEST(Trainer, Bf16AutocastTrainsCloseToFp32) {

@@ -196,6 +196,22 @@ void expect_cuda_parity(const std::function<Tensor(const std::vector<Tensor>&)>&
   }
 }
 
+void step_in_lockstep(std::vector<Tensor>& a, optim::Optimizer& opt_a, std::vector<Tensor>& b,
+                      optim::Optimizer& opt_b, int step, const std::function<bool(size_t)>& has_grad) {
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i].set_grad(Tensor());
+    b[i].set_grad(Tensor());
+    if (!has_grad(i)) continue;
+    const Tensor g = random_tensor(a[i].shape(), 30 + 2 * static_cast<uint64_t>(step) + i, a[i].dtype());
+    a[i].set_grad(g.clone());
+    b[i].set_grad(g.clone());
+  }
+  opt_a.step();
+  opt_b.step();
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(b[i].to_vector<double>(), a[i].to_vector<double>()) << "step " << step << ", parameter " << i;
+}
+
 void compare_optimizer_cpu_cuda(const std::vector<Shape>& shapes, DType dtype, const OptimizerFactory& make,
                                 int steps, double atol, double rtol, bool compare_scalars) {
   set_poison_allocations(true);

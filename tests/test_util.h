@@ -132,6 +132,12 @@ void expect_cuda_parity(const std::function<Tensor(const std::vector<Tensor>&)>&
 
 // ---- optimizer tests ----------------------------------------------------------------------
 
+/// One step of two optimizers over copies of the same parameters: a[i] and b[i] get
+/// the same random gradient (seeded by `step` and i), or none where has_grad(i) is
+/// false; both optimizers step and the parameters must then agree bit for bit.
+void step_in_lockstep(std::vector<Tensor>& a, optim::Optimizer& opt_a, std::vector<Tensor>& b,
+                      optim::Optimizer& opt_b, int step, const std::function<bool(size_t)>& has_grad);
+
 /// Makes an optimizer over `params` (for compare_optimizer_cpu_cuda).
 using OptimizerFactory = std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor> params)>;
 

@@ -264,18 +264,26 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
   m.global_batch = config_.batch_size * config_.accumulate * world;
 
   // ---- optimizer, schedule, scaler ----
+  optim::GradScalerOptions so = config_.precision.scaler;
+  so.enabled = so.enabled && config_.precision.use_amp && config_.precision.amp_dtype == DType::kF16;
+  // On CUDA the scaler keeps its state and skip decisions on the device, with an
+  // optimizer that skips there: no host synchronisation per step, the same results.
+  so.capturable = so.enabled && (so.capturable || device_.is_cuda());
   const auto& o = config_.optimizer;
   double lr = o.lr;
   if (config_.schedule.scale_lr_linear) lr = optim::scaled_lr(lr, world, config_.accumulate);
   if (o.name == "sgd") {
     m.optimizer = std::make_unique<optim::SGD>(
-        m.params, optim::SGDOptions{.lr = lr, .momentum = o.momentum, .weight_decay = o.weight_decay, .nesterov = o.nesterov});
+        m.params, optim::SGDOptions{.lr = lr, .momentum = o.momentum, .weight_decay = o.weight_decay,
+                                    .nesterov = o.nesterov, .capturable = so.capturable});
   } else if (o.name == "adam") {
     m.optimizer = std::make_unique<optim::Adam>(
-        m.params, optim::AdamOptions{.lr = lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay});
+        m.params, optim::AdamOptions{.lr = lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay,
+                                     .capturable = so.capturable});
   } else {
     m.optimizer = std::make_unique<optim::AdamW>(
-        m.params, optim::AdamWOptions{.lr = lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay});
+        m.params, optim::AdamWOptions{.lr = lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay,
+                                      .capturable = so.capturable});
   }
   const int64_t micro = m.train_loader->num_batches();
   const int64_t steps_per_epoch = (micro + config_.accumulate - 1) / config_.accumulate;
@@ -298,8 +306,6 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
   } else {
     m.schedule = std::make_unique<optim::WarmupThen>(*m.optimizer, kWarmupStart, sc.warmup_steps, std::move(after));
   }
-  optim::GradScalerOptions so = config_.precision.scaler;
-  so.enabled = so.enabled && config_.precision.use_amp && config_.precision.amp_dtype == DType::kF16;
   m.scaler = std::make_unique<optim::GradScaler>(so);
 
   // ---- logging ----
@@ -486,7 +492,8 @@ const std::vector<EpochMetrics>& Trainer::fit() {
             t = Clock::now();
             if (cfg.optimizer.clip_grad_norm > 0) {
               m.scaler->unscale(*m.optimizer);
-              optim::clip_grad_norm(m.params, cfg.optimizer.clip_grad_norm);
+              // The norm stays on the device: clipping costs no host synchronisation.
+              (void)optim::clip_grad_norm_on_device(m.params, cfg.optimizer.clip_grad_norm);
             }
             m.scaler->step(*m.optimizer);
             m.scaler->update();

@@ -59,6 +59,8 @@ struct PrecisionConfig {
   bool use_amp = false;
   /// kBF16 or kF16; f16 also scales the loss with a GradScaler.
   DType amp_dtype = DType::kBF16;
+  /// On CUDA the Trainer makes the scaler (and the optimizer) capturable: the scale and
+  /// the skip decisions stay on the device. scaler.capturable asks for that elsewhere too.
   optim::GradScalerOptions scaler = {};
   /// Set: the Trainer calls cuda::set_allow_tf32 with it when built (a process-wide
   /// switch: f32 matrix products and convolutions on TF32 tensor cores). Unset: the

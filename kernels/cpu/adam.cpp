@@ -58,7 +58,8 @@ void adam_multi_typed(const AdamTensorRef* tensors, int64_t count, const AdamHyp
 }  // namespace
 
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2, double eps,
-                       bool amsgrad, bool decoupled_weight_decay) {
+                       bool amsgrad, bool decoupled_weight_decay, const float* found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.0f) return;
   const AdamHyper shared{.beta1 = beta1, .beta2 = beta2, .eps = eps, .decoupled_weight_decay = decoupled_weight_decay,
                          .amsgrad = amsgrad};
   switch (dtype) {
@@ -68,8 +69,5 @@ void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count,
   }
 }
 
-void increment_step_counts(double* const* counts, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) *counts[i] += 1.0;
-}
 
 }  // namespace tandem::kernels::cpu

@@ -67,10 +67,10 @@ namespace tandem::kernels::cpu {
 /// `max_exp_avg_sq` is unused (may be null) without AMSGrad. The elements of all
 /// tensors are split in chunks over one OpenMP team, so a model of many small tensors
 /// (none large enough to split on its own) still uses every core.
+/// `found_inf`: null, or a flag (f32, host memory here): when it is nonzero nothing is
+/// written (GradScaler's skipped step, decided without the host reading the flag).
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2, double eps,
-                       bool amsgrad, bool decoupled_weight_decay);
+                       bool amsgrad, bool decoupled_weight_decay, const float* found_inf);
 
-/// *counts[i] += 1 for i < count: the capturable step counts, after their step.
-void increment_step_counts(double* const* counts, int64_t count);
 
 }  // namespace tandem::kernels::cpu

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "kernels/amp_math.h"
 #include "kernels/common.h"
 #include "kernels/cpu/parallel.h"
 
@@ -29,7 +30,8 @@ bool unscale_typed(T* x, int64_t n, float inv_scale) {
 }  // namespace
 
 void amp_unscale_check_finite(DType dtype, void* const* tensors, const int64_t* numel, int64_t count, float inv_scale,
-                              float* found_inf) {
+                              const float* scale, float* found_inf) {
+  if (scale != nullptr) inv_scale = amp_inverse_scale(*scale);
   const bool known = visit_floating(dtype, [&](auto tag) {
     using T = decltype(tag);
     bool bad = false;
@@ -39,6 +41,18 @@ void amp_unscale_check_finite(DType dtype, void* const* tensors, const int64_t* 
     if (bad) *found_inf = 1.0f;
   });
   if (!known) unreachable_dtype("amp_unscale_check_finite", dtype);
+}
+
+void amp_update_scale(float* scale, int64_t* growth_tracker, int64_t* skipped_steps, const float* const* found_inf,
+                      const bool* stepped, int64_t count, double growth_factor, double backoff_factor,
+                      int64_t growth_interval) {
+  bool found = false;
+  for (int64_t i = 0; i < count; ++i) {
+    const bool bad = *found_inf[i] != 0.0f;
+    found = found || bad;
+    if (bad && stepped[i]) ++*skipped_steps;
+  }
+  *scale = amp_next_scale(*scale, growth_tracker, found, growth_factor, backoff_factor, growth_interval);
 }
 
 }  // namespace tandem::kernels::cpu

@@ -68,4 +68,13 @@ void scale_inplace(DType dtype, void* x, int64_t n, double factor) {
   }
 }
 
+void clip_norm_finish(const double* const* parts, int64_t count, double norm_type, double max_norm, double* total,
+                      double* factor) {
+  const NormKind kind = norm_kind(norm_type);
+  double acc = 0.0;
+  for (int64_t i = 0; i < count; ++i) acc = norm_combine(kind, acc, *parts[i]);
+  *total = norm_from_accumulator(kind, acc, norm_type);
+  *factor = clip_factor(max_norm, *total);
+}
+
 }  // namespace tandem::kernels::cpu

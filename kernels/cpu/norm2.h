@@ -3,23 +3,9 @@
 #pragma once
 
 #include <cstdint>
-#include <limits>
 
 #include "kernels/dtype.h"
-
-namespace tandem::kernels {
-
-/// How a norm of order p accumulates: Σx² (p = 2), max|x| (p = ∞), else Σ|x|^p.
-enum class NormKind { kSquares, kMaxAbs, kPower };
-
-/// The accumulation used for norm order `norm_type` (> 0 or +∞).
-inline NormKind norm_kind(double norm_type) {
-  if (norm_type == 2.0) return NormKind::kSquares;
-  if (norm_type == std::numeric_limits<double>::infinity()) return NormKind::kMaxAbs;
-  return NormKind::kPower;
-}
-
-}  // namespace tandem::kernels
+#include "kernels/norm_math.h"
 
 namespace tandem::kernels::cpu {
 
@@ -29,5 +15,11 @@ double norm_accumulate(DType dtype, const void* x, int64_t n, double norm_type);
 
 /// x *= factor in place on n floating elements.
 void scale_inplace(DType dtype, void* x, int64_t n, double factor);
+
+/// The end of clip_grad_norm kept in memory (twin of kernels::cuda::clip_norm_finish):
+/// *total = the norm of order norm_type from the `count` accumulators *parts[i]
+/// (norm_combine, norm_from_accumulator) and *factor = clip_factor(max_norm, *total).
+void clip_norm_finish(const double* const* parts, int64_t count, double norm_type, double max_norm, double* total,
+                      double* factor);
 
 }  // namespace tandem::kernels::cpu

@@ -36,14 +36,16 @@ void sgd_multi_typed(const SGDTensorRef* tensors, int64_t count, double momentum
         const SGDHyper h{.lr = r.lr, .momentum = momentum, .dampening = dampening, .weight_decay = r.weight_decay,
                          .nesterov = nesterov};
         T* buf = r.momentum != nullptr ? static_cast<T*>(r.momentum) + b : nullptr;
-        sgd_typed(static_cast<T*>(r.param) + b, static_cast<const T*>(r.grad) + b, buf, r.first_step, e - b, h);
+        const bool first_step = r.step_count != nullptr ? *r.step_count == 0.0 : r.first_step;
+        sgd_typed(static_cast<T*>(r.param) + b, static_cast<const T*>(r.grad) + b, buf, first_step, e - b, h);
       });
 }
 
 }  // namespace
 
 void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, double momentum, double dampening,
-                      bool nesterov) {
+                      bool nesterov, const float* found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.0f) return;
   switch (dtype) {
     case DType::kF32: sgd_multi_typed<float>(tensors, count, momentum, dampening, nesterov); return;
     case DType::kF64: sgd_multi_typed<double>(tensors, count, momentum, dampening, nesterov); return;

@@ -26,6 +26,11 @@ struct SGDTensorRef {
   double lr = 0.0;            // per tensor, so groups with different lr share a launch
   double weight_decay = 0.0;
   bool first_step = false;  // seed the momentum buffer with the gradient
+  // Capturable steps: when set, the first step is decided from this count (on the
+  // tensor's device; 0 means no step yet) instead of `first_step`, and the caller adds
+  // 1 after the step (increment_step_counts), so a step captured in a CUDA graph, or
+  // skipped on the device by a GradScaler, seeds the buffer when it really runs first.
+  const double* step_count = nullptr;
 };
 
 }  // namespace tandem::kernels
@@ -38,8 +43,9 @@ namespace tandem::kernels::cpu {
 ///   g = grad + wd·p;  b = first_step ? g : μ·b + (1-dampening)·g;
 ///   g = nesterov ? g + μ·b : b;  p = p - lr·g.
 /// The momentum buffer is unused (may be null) when μ = 0. The elements of all tensors
-/// are split in chunks over one OpenMP team (for_each_tensor_piece).
+/// are split in chunks over one OpenMP team (for_each_tensor_piece). `found_inf`: null,
+/// or a flag (f32): when it is nonzero nothing is written (GradScaler's skipped step).
 void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, double momentum, double dampening,
-                      bool nesterov);
+                      bool nesterov, const float* found_inf);
 
 }  // namespace tandem::kernels::cpu

@@ -79,7 +79,9 @@ __device__ void adam_step_coefficients(const AdamCapturableLaunchArgs& args, con
 // __grid_constant__ keeps the argument struct in parameter memory.
 template <class T, class Args>
 __global__ void __launch_bounds__(kAdamBlockSize)
-    adam_multi_tensor_kernel(const __grid_constant__ Args args, AdamShared<T> s) {
+    adam_multi_tensor_kernel(const __grid_constant__ Args args, AdamShared<T> s, const float* __restrict__ found_inf) {
+  // A skipped step (GradScaler found an inf/NaN gradient): every block reads the flag.
+  if (found_inf != nullptr && *found_inf != 0.0f) return;
   int64_t begin, end;
   const int t = chunk_of_block(args, begin, end);
   T* __restrict__ p = static_cast<T*>(args.ptr[0][t]);
@@ -149,19 +151,11 @@ int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamCa
   return ref.numel;
 }
 
-struct StepCountArgs {
-  double* count[kStepCountsPerLaunch];
-  int n;
-};
-
-__global__ void increment_step_counts_kernel(const __grid_constant__ StepCountArgs args) {
-  if (static_cast<int>(threadIdx.x) < args.n) *args.count[threadIdx.x] += 1.0;
-}
-
 }  // namespace
 
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2,
-                       double eps, bool amsgrad, bool decoupled_weight_decay, cudaStream_t stream) {
+                       double eps, bool amsgrad, bool decoupled_weight_decay, const float* found_inf,
+                       cudaStream_t stream) {
   const AdamHyper shared{.beta1 = beta1, .beta2 = beta2, .eps = eps, .decoupled_weight_decay = decoupled_weight_decay,
                          .amsgrad = amsgrad};
   if (count == 0) return;
@@ -176,7 +170,7 @@ void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count,
     plan_tensor_list_launches<Args>(
         count, [&](int64_t i, Args& args, int slot) { return fill_adam_slot(tensors[i], shared, args, slot); },
         [&](const Args& args, int blocks, int64_t) {
-          adam_multi_tensor_kernel<T, Args><<<blocks, kAdamBlockSize, 0, stream>>>(args, s);
+          adam_multi_tensor_kernel<T, Args><<<blocks, kAdamBlockSize, 0, stream>>>(args, s, found_inf);
           CUDA_CHECK_LAUNCH();
         });
   };
@@ -202,16 +196,6 @@ int64_t adam_multi_tensor_launches(const AdamTensorRef* tensors, int64_t count) 
       count, [&](int64_t i, AdamLaunchArgs& args, int slot) { return fill_adam_slot(tensors[i], shared, args, slot); },
       [&](const AdamLaunchArgs&, int, int64_t) { ++launches; });
   return launches;
-}
-
-void increment_step_counts(double* const* counts, int64_t count, cudaStream_t stream) {
-  for (int64_t first = 0; first < count; first += kStepCountsPerLaunch) {
-    StepCountArgs args{};
-    args.n = static_cast<int>(count - first < kStepCountsPerLaunch ? count - first : kStepCountsPerLaunch);
-    for (int i = 0; i < args.n; ++i) args.count[i] = counts[first + i];
-    increment_step_counts_kernel<<<1, kStepCountsPerLaunch, 0, stream>>>(args);
-    CUDA_CHECK_LAUNCH();
-  }
 }
 
 }  // namespace tandem::kernels::cuda

@@ -18,14 +18,12 @@ using kernels::AdamTensorRef;
 /// step count and the shared β1, β2, eps, AMSGrad and decoupled (AdamW) flags. One
 /// launch unless more than kAdamMaxTensors tensors or kAdamMaxBlocks chunks are given.
 /// With step_count set (all tensors or none), the kernel computes the bias corrections
-/// from the counts in device memory.
+/// from the counts in device memory. `found_inf` (null, or a device f32 flag): every
+/// block reads it and writes nothing when it is nonzero.
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2,
-                       double eps, bool amsgrad, bool decoupled_weight_decay, cudaStream_t stream);
+                       double eps, bool amsgrad, bool decoupled_weight_decay, const float* found_inf,
+                       cudaStream_t stream);
 
-/// kernels::cpu::increment_step_counts on the GPU (device pointers): one launch per
-/// kStepCountsPerLaunch counts.
-void increment_step_counts(double* const* counts, int64_t count, cudaStream_t stream);
-inline constexpr int kStepCountsPerLaunch = 256;
 
 /// Launches needed for these tensors (for tests: one per full argument struct).
 int64_t adam_multi_tensor_launches(const AdamTensorRef* tensors, int64_t count);

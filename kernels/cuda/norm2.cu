@@ -3,6 +3,8 @@
 // partials into workspace[0]. Also the multi-tensor in-place scale of clip_grad_norm.
 #include "kernels/cuda/norm2.h"
 
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -84,6 +86,34 @@ __global__ void __launch_bounds__(kNormBlockSize)
   }
 }
 
+/// x *= *factor unless it is 1: one cached load per thread, no write for an unclipped step.
+template <class T>
+__global__ void __launch_bounds__(kNormBlockSize)
+    scale_by_kernel(const __grid_constant__ NormLaunchArgs args, const double* __restrict__ factor) {
+  const double f = *factor;
+  if (f == 1.0) return;
+  int64_t begin, end;
+  const int t = chunk_of_block(args, begin, end);
+  T* __restrict__ x = static_cast<T*>(args.ptr[0][t]);
+  const compute_t<T> c = static_cast<compute_t<T>>(f);
+  for (int64_t i = begin + threadIdx.x; i < end; i += kNormBlockSize) {
+    x[i] = static_cast<T>(static_cast<compute_t<T>>(x[i]) * c);
+  }
+}
+
+struct ClipFinishArgs {
+  const double* parts[kClipMaxParts];
+  int count;
+};
+
+__global__ void clip_norm_finish_kernel(const __grid_constant__ ClipFinishArgs args, NormKind kind, double p,
+                                        double max_norm, double* total, double* factor) {
+  double acc = 0.0;
+  for (int i = 0; i < args.count; ++i) acc = kernels::norm_combine(kind, acc, *args.parts[i]);
+  *total = norm_from_accumulator(kind, acc, p);
+  *factor = clip_factor(max_norm, *total);
+}
+
 template <class Launch>
 void plan(const void* const* tensors, const int64_t* numel, int64_t count, Launch&& launch) {
   plan_tensor_list_launches<NormLaunchArgs>(
@@ -143,6 +173,29 @@ void multi_tensor_scale(DType dtype, void* const* tensors, const int64_t* numel,
       CUDA_CHECK_LAUNCH();
     });
   });
+}
+
+void multi_tensor_scale_by(DType dtype, void* const* tensors, const int64_t* numel, int64_t count,
+                           const double* factor, cudaStream_t stream) {
+  visit_norm_dtype("multi_tensor_scale_by", dtype, [&](auto tag) {
+    using T = decltype(tag);
+    plan(tensors, numel, count, [&](const NormLaunchArgs& args, int blocks, int64_t) {
+      scale_by_kernel<T><<<blocks, kNormBlockSize, 0, stream>>>(args, factor);
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void clip_norm_finish(const double* const* parts, int64_t count, double norm_type, double max_norm, double* total,
+                      double* factor, cudaStream_t stream) {
+  if (count < 0 || count > kClipMaxParts)
+    throw std::logic_error("[clip_norm_finish] expected at most " + std::to_string(kClipMaxParts) +
+                           " accumulators, got " + std::to_string(count));
+  ClipFinishArgs args{};
+  args.count = static_cast<int>(count);
+  for (int64_t i = 0; i < count; ++i) args.parts[i] = parts[i];
+  clip_norm_finish_kernel<<<1, 1, 0, stream>>>(args, norm_kind(norm_type), norm_type, max_norm, total, factor);
+  CUDA_CHECK_LAUNCH();
 }
 
 int64_t multi_tensor_norm_launches(const int64_t* numel, int64_t count) {

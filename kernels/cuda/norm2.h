@@ -1,5 +1,6 @@
 // Multi-tensor gradient norm and scaling on CUDA, for clip_grad_norm: per-chunk
-// partial sums in one launch, one reduction launch, and one launch that scales them all.
+// partial sums in one launch, one reduction launch, and one launch that scales them all;
+// and the clip's end on the device (norm and factor never read by the host).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,19 @@ void multi_tensor_norm(DType dtype, const void* const* tensors, const int64_t* n
 /// argument structs allow.
 void multi_tensor_scale(DType dtype, void* const* tensors, const int64_t* numel, int64_t count, double factor,
                         cudaStream_t stream);
+
+/// multi_tensor_scale by the factor at `factor` (device memory) read when the kernels
+/// run; blocks write nothing when it is 1 (x·1 = x), as after clip_norm_finish.
+void multi_tensor_scale_by(DType dtype, void* const* tensors, const int64_t* numel, int64_t count,
+                           const double* factor, cudaStream_t stream);
+
+/// kernels::cpu::clip_norm_finish on the device, one thread: `parts` is a host array
+/// of at most kClipMaxParts device pointers (each a multi_tensor_norm workspace[0]);
+/// total and factor are device pointers. No host synchronisation.
+void clip_norm_finish(const double* const* parts, int64_t count, double norm_type, double max_norm, double* total,
+                      double* factor, cudaStream_t stream);
+
+inline constexpr int kClipMaxParts = 16;
 
 /// Launches multi_tensor_norm makes for these sizes, the final reduction included (for tests).
 int64_t multi_tensor_norm_launches(const int64_t* numel, int64_t count);

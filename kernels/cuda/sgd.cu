@@ -1,7 +1,11 @@
 // Multi-tensor SGD: the launch plan of multi_tensor.cuh packs (param, grad, momentum)
-// of up to kSGDMaxTensors tensors with their lr, weight decay and first-step flag
-// into one kernel argument struct; each block updates one 64Ki-element chunk.
+// of up to kSGDMaxTensors tensors with their lr, weight decay and first-step flag (or,
+// capturable, the address of their step count) into one kernel argument struct; each
+// block updates one 64Ki-element chunk.
 #include "kernels/cuda/sgd.h"
+
+#include <stdexcept>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/multi_tensor.cuh"
@@ -24,22 +28,44 @@ struct SGDMeta {
   }
 };
 
-// Lists: param, grad, momentum. 48·(3·8 + 8 + 2·8 + 1) + 320·(1 + 4) = 3952 bytes,
-// under the classic 4 KiB limit on kernel arguments.
+/// Capturable steps: the first step is decided from the step count in device memory
+/// when the kernel runs, so it is right in every replay of a captured graph.
+struct SGDCapturableMeta {
+  double lr[kSGDCapturableMaxTensors];
+  double weight_decay[kSGDCapturableMaxTensors];
+  const double* step_count[kSGDCapturableMaxTensors];
+  void move(int from, int to) {
+    lr[to] = lr[from];
+    weight_decay[to] = weight_decay[from];
+    step_count[to] = step_count[from];
+  }
+};
+
+// Lists: param, grad, momentum. 48·(3·8 + 8 + 2·8 + 1) + 320·(1 + 4) = 3952 bytes, and
+// 40·(3·8 + 8 + 3·8) + 320·(1 + 4) = 3840 with step counts, under the classic 4 KiB
+// limit on kernel arguments.
 using SGDLaunchArgs = TensorListArgs<3, kSGDMaxTensors, kSGDMaxBlocks, SGDMeta>;
+using SGDCapturableLaunchArgs = TensorListArgs<3, kSGDCapturableMaxTensors, kSGDMaxBlocks, SGDCapturableMeta>;
 static_assert(sizeof(SGDLaunchArgs) <= 4096, "kernel argument struct must fit in 4 KiB");
+static_assert(sizeof(SGDCapturableLaunchArgs) <= 4096, "kernel argument struct must fit in 4 KiB");
+
+__device__ bool is_first_step(const SGDLaunchArgs& args, int t) { return args.meta.first_step[t] != 0; }
+__device__ bool is_first_step(const SGDCapturableLaunchArgs& args, int t) { return *args.meta.step_count[t] == 0.0; }
 
 // __grid_constant__ keeps the struct in parameter memory even though it is indexed
 // by a run-time value (otherwise each thread would copy it to local memory).
-template <class T>
+template <class T, class Args>
 __global__ void __launch_bounds__(kSGDBlockSize)
-    sgd_multi_tensor_kernel(const __grid_constant__ SGDLaunchArgs args, T mu, T keep, bool use_mu, bool nesterov) {
+    sgd_multi_tensor_kernel(const __grid_constant__ Args args, T mu, T keep, bool use_mu, bool nesterov,
+                            const float* __restrict__ found_inf) {
+  // A skipped step (GradScaler found an inf/NaN gradient): every block reads the flag.
+  if (found_inf != nullptr && *found_inf != 0.0f) return;
   int64_t begin, end;
   const int t = chunk_of_block(args, begin, end);
   T* __restrict__ p = static_cast<T*>(args.ptr[0][t]);
   const T* __restrict__ grad = static_cast<const T*>(args.ptr[1][t]);
   T* __restrict__ buf = static_cast<T*>(args.ptr[2][t]);
-  const bool first_step = args.meta.first_step[t] != 0;
+  const bool first_step = use_mu && is_first_step(args, t);
   const T lr = static_cast<T>(args.meta.lr[t]), wd = static_cast<T>(args.meta.weight_decay[t]);
   const bool use_wd = args.meta.weight_decay[t] != 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kSGDBlockSize) {
@@ -56,30 +82,55 @@ __global__ void __launch_bounds__(kSGDBlockSize)
 }
 
 /// Stores tensor i of `tensors` in `slot`; returns its size.
-int64_t fill_sgd_slot(const SGDTensorRef* tensors, int64_t i, SGDLaunchArgs& args, int slot) {
+template <class Args>
+int64_t fill_sgd_slot(const SGDTensorRef* tensors, int64_t i, Args& args, int slot) {
   const SGDTensorRef& ref = tensors[i];
   args.ptr[0][slot] = ref.param;
   args.ptr[1][slot] = const_cast<void*>(ref.grad);
   args.ptr[2][slot] = ref.momentum;
   args.meta.lr[slot] = ref.lr;
   args.meta.weight_decay[slot] = ref.weight_decay;
-  args.meta.first_step[slot] = ref.first_step ? 1 : 0;
+  if constexpr (std::is_same_v<Args, SGDLaunchArgs>) {
+    args.meta.first_step[slot] = ref.first_step ? 1 : 0;
+  } else {
+    args.meta.step_count[slot] = ref.step_count;
+  }
   return ref.numel;
+}
+
+/// Plans the launches of `tensors` with argument struct Args: launch(args, blocks).
+template <class Args, class Launch>
+void plan_sgd(const SGDTensorRef* tensors, int64_t count, Launch&& launch) {
+  plan_tensor_list_launches<Args>(
+      count, [&](int64_t i, Args& args, int slot) { return fill_sgd_slot(tensors, i, args, slot); },
+      [&](const Args& args, int blocks, int64_t) { launch(args, blocks); });
+}
+
+/// Whether the tensors carry step counts (all or none; anything else is a caller bug).
+bool has_step_counts(const SGDTensorRef* tensors, int64_t count) {
+  const bool capturable = count > 0 && tensors[0].step_count != nullptr;
+  for (int64_t i = 1; i < count; ++i) {
+    if ((tensors[i].step_count != nullptr) != capturable)
+      throw std::logic_error("[sgd_multi_tensor] expected every tensor or none to have a step_count");
+  }
+  return capturable;
 }
 
 }  // namespace
 
 void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, double momentum, double dampening,
-                      bool nesterov, cudaStream_t stream) {
+                      bool nesterov, const float* found_inf, cudaStream_t stream) {
+  const bool capturable = has_step_counts(tensors, count);
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    plan_tensor_list_launches<SGDLaunchArgs>(
-        count, [&](int64_t i, SGDLaunchArgs& args, int slot) { return fill_sgd_slot(tensors, i, args, slot); },
-        [&](const SGDLaunchArgs& args, int blocks, int64_t) {
-          sgd_multi_tensor_kernel<T><<<blocks, kSGDBlockSize, 0, stream>>>(
-              args, static_cast<T>(momentum), static_cast<T>(1.0 - dampening), momentum != 0.0, nesterov);
-          CUDA_CHECK_LAUNCH();
-        });
+    auto launch = [&](const auto& args, int blocks) {
+      using Args = std::remove_cvref_t<decltype(args)>;
+      sgd_multi_tensor_kernel<T, Args><<<blocks, kSGDBlockSize, 0, stream>>>(
+          args, static_cast<T>(momentum), static_cast<T>(1.0 - dampening), momentum != 0.0, nesterov, found_inf);
+      CUDA_CHECK_LAUNCH();
+    };
+    if (capturable) plan_sgd<SGDCapturableLaunchArgs>(tensors, count, launch);
+    else plan_sgd<SGDLaunchArgs>(tensors, count, launch);
   };
   switch (dtype) {
     case DType::kF32: run(float{}); return;
@@ -90,9 +141,9 @@ void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, d
 
 int64_t sgd_multi_tensor_launches(const SGDTensorRef* tensors, int64_t count) {
   int64_t launches = 0;
-  plan_tensor_list_launches<SGDLaunchArgs>(
-      count, [&](int64_t i, SGDLaunchArgs& args, int slot) { return fill_sgd_slot(tensors, i, args, slot); },
-      [&](const SGDLaunchArgs&, int, int64_t) { ++launches; });
+  auto counted = [&](const auto&, int) { ++launches; };
+  if (has_step_counts(tensors, count)) plan_sgd<SGDCapturableLaunchArgs>(tensors, count, counted);
+  else plan_sgd<SGDLaunchArgs>(tensors, count, counted);
   return launches;
 }
 
