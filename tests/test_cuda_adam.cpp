@@ -4,6 +4,7 @@
 // device), the multi-tensor norm and scale of
 // clip_grad_norm against the CPU path, and the host-side launch plans.
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "engine/ops.h"
@@ -148,6 +149,26 @@ TEST(CudaAdam, LaunchPlan) {
 #endif
 }
 
+namespace {
+
+/// Random parameters of `shapes` (parameter i in dtype_of(i)) with random gradients, on
+/// the CPU and as copies on the GPU.
+void cpu_and_cuda_params(const std::vector<Shape>& shapes, const std::function<DType(size_t)>& dtype_of,
+                         std::vector<Tensor>& cpu, std::vector<Tensor>& gpu) {
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const DType dtype = dtype_of(i);
+    Tensor g = random_tensor(shapes[i], 10 + i, dtype);
+    Tensor pc = random_tensor(shapes[i], 5000 + i, dtype).set_requires_grad(true);
+    Tensor pg = pc.to(Device::cuda()).detach().set_requires_grad(true);
+    pc.set_grad(g.clone());
+    pg.set_grad(g.to(Device::cuda()));
+    cpu.push_back(pc);
+    gpu.push_back(pg);
+  }
+}
+
+}  // namespace
+
 TEST(CudaClipGradNorm, MatchesCpuAcrossDtypesAndNorms) {
   TANDEM_REQUIRE_CUDA();
   set_poison_allocations(true);
@@ -160,15 +181,7 @@ TEST(CudaClipGradNorm, MatchesCpuAcrossDtypesAndNorms) {
     for (double p : {2.0, inf, 3.0, 1.0}) {
       SCOPED_TRACE(std::string(dtype_name(dtype)) + " p=" + std::to_string(p));
       std::vector<Tensor> cpu_params, gpu_params;
-      for (size_t i = 0; i < shapes.size(); ++i) {
-        Tensor g = random_tensor(shapes[i], 10 + i, dtype);
-        Tensor pc = random_tensor(shapes[i], 5000 + i, dtype).set_requires_grad(true);
-        Tensor pg = pc.to(Device::cuda()).detach().set_requires_grad(true);
-        pc.set_grad(g.clone());
-        pg.set_grad(g.to(Device::cuda()));
-        cpu_params.push_back(pc);
-        gpu_params.push_back(pg);
-      }
+      cpu_and_cuda_params(shapes, [&](size_t) { return dtype; }, cpu_params, gpu_params);
       const double want = optim::clip_grad_norm(cpu_params, 1e30, p);  // no clipping
       const double got = optim::clip_grad_norm(gpu_params, 1e30, p);
       EXPECT_NEAR(got, want, 1e-10 * want);  // both accumulate in f64; only the order differs
@@ -216,16 +229,7 @@ TEST(CudaClipGradNorm, OnDeviceMatchesTheHostPathAndReadsNothingBack) {
     for (double fraction : {3.0, 1.0 / 3.0}) {
       SCOPED_TRACE("p=" + std::to_string(p) + " max_norm = norm * " + std::to_string(fraction));
       std::vector<Tensor> host, device;
-      for (size_t i = 0; i < shapes.size(); ++i) {
-        const DType dtype = i % 3 == 0 ? DType::kBF16 : DType::kF32;
-        Tensor g = random_tensor(shapes[i], 10 + i, dtype);
-        Tensor ph = random_tensor(shapes[i], 5000 + i, dtype).set_requires_grad(true);
-        Tensor pd = ph.to(Device::cuda()).detach().set_requires_grad(true);
-        ph.set_grad(g.clone());
-        pd.set_grad(g.to(Device::cuda()));
-        host.push_back(ph);
-        device.push_back(pd);
-      }
+      cpu_and_cuda_params(shapes, [](size_t i) { return i % 3 == 0 ? DType::kBF16 : DType::kF32; }, host, device);
       std::vector<Tensor> probe;  // the norm, measured on copies
       for (const Tensor& t : host) {
         probe.push_back(t.detach().clone().set_requires_grad(true));

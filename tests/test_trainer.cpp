@@ -74,6 +74,23 @@ void expect_params(const std::vector<Tensor>& got, const std::vector<Tensor>& wa
   }
 }
 
+/// Trains one epoch of `first` from a fresh mlp(), checkpointing into `dir`, then trains
+/// `model` with `rest` resumed from that checkpoint to rest.epochs; returns the last
+/// epoch's metrics of the resumed run.
+EpochMetrics train_resumed_after_one_epoch(TrainerConfig first, TrainerConfig rest, const TempDir& dir,
+                                           const std::shared_ptr<nn::models::MLP>& model,
+                                           const std::shared_ptr<data::TensorDataset>& train,
+                                           const std::shared_ptr<data::TensorDataset>& val) {
+  first.epochs = 1;
+  first.checkpoint.dir = dir.path().string();
+  Trainer(first, mlp(), train, val).fit();
+  rest.checkpoint.dir = dir.path().string();
+  rest.checkpoint.resume = "auto";
+  Trainer resumed(rest, model, train, val);
+  resumed.fit();
+  return resumed.history().back();
+}
+
 TEST(Trainer, EqualsTheHandWrittenLoopBitForBit) {
   auto train = dataset(1), val = dataset(2, 16);
   auto model = mlp(0.2);
@@ -370,17 +387,9 @@ TEST(Trainer, Fp16ResumeRestoresTheLossScalerToo) {
   s.fit();
   EXPECT_GT(s.history().back().loss_scale, 1024.0) << "the scale grows every 3 finite steps";
 
-  TrainerConfig first = c;
-  first.epochs = 1;
-  first.checkpoint.dir = dir.path().string();
-  Trainer(first, mlp(), train, val).fit();
-  TrainerConfig rest = c;
-  rest.checkpoint.dir = dir.path().string();
-  rest.checkpoint.resume = "auto";
   auto b = mlp();
-  Trainer r(rest, b, train, val);
-  r.fit();
-  EXPECT_EQ(r.history().back().loss_scale, s.history().back().loss_scale);
+  const EpochMetrics last = train_resumed_after_one_epoch(c, c, dir, b, train, val);
+  EXPECT_EQ(last.loss_scale, s.history().back().loss_scale);
   expect_params(params_of(*b), params_of(*straight), 0.0, "fp16 resumed vs straight");
 }
 
@@ -409,15 +418,8 @@ TEST(Trainer, Fp16WithTheScalerOnTheDeviceMatchesTheHostScaler) {
     EXPECT_EQ(d.history()[e].loss_scale, h.history()[e].loss_scale) << "epoch " << e;
   }
 
-  TrainerConfig first = c;
-  first.epochs = 1;
-  first.checkpoint.dir = dir.path().string();
-  Trainer(first, mlp(), train, val).fit();
-  TrainerConfig rest = on_device;
-  rest.checkpoint.dir = dir.path().string();
-  rest.checkpoint.resume = "auto";
   auto r = mlp();
-  Trainer(rest, r, train, val).fit();
+  (void)train_resumed_after_one_epoch(c, on_device, dir, r, train, val);
   expect_params(params_of(*r), params_of(*host), 0.0, "device scaler resumed from a host-scaler checkpoint");
 }
 
