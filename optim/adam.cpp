@@ -91,7 +91,9 @@ void Adam::step_impl(const Tensor& found_inf) {
   const float* skip_if = found_inf_ptr(name(), found_inf, batches);
   std::vector<std::vector<kernels::AdamTensorRef>> refs_of(batches.size());
   for (size_t b = 0; b < batches.size(); ++b) {
+    const bool in_capture = capturing(batches[b].device);
     for (GradItem& item : batches[b].items) {
+      if (in_capture) check_captured_step(name(), !exp_avg[item.flat].defined(), "parameter " + std::to_string(item.flat));
       const TensorOptions like{.dtype = item.param.dtype(), .device = item.param.device()};
       Tensor& m = exp_avg[item.flat];
       Tensor& v = exp_avg_sq[item.flat];
@@ -112,6 +114,7 @@ void Adam::step_impl(const Tensor& found_inf) {
       ref.weight_decay = item.weight_decay;
       ref.step = ++steps_[item.flat];
       if (options_.capturable) {
+        ref.lr_ptr = lr_on_device(name(), item.group, batches[b].device);
         Tensor& count = step_counts_[item.flat];
         if (!count.defined()) count = full({1}, static_cast<double>(ref.step - 1), {.dtype = DType::kF64, .device = item.param.device()});
         ref.step_count = count.data<double>();

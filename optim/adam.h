@@ -17,10 +17,12 @@ struct AdamOptions {
   double eps = 1e-8;
   double weight_decay = 0.0;
   bool amsgrad = false;
-  /// As torch's capturable=True: each parameter's step count lives in a one-element
-  /// f64 tensor on its device, which the step kernels read and increment, so a step()
-  /// captured in a CUDA graph replays with the right bias corrections. lr and weight
-  /// decay are read at capture and stay fixed in the graph (as a float lr in PyTorch).
+  /// As torch's capturable=True with a tensor lr: each parameter's step count and each
+  /// group's lr live in one-element f64 tensors on the device, which the step kernels
+  /// read (and the counts increment), so a step() captured in a CUDA graph after one
+  /// eager step replays with the right bias corrections and follows an lr schedule
+  /// (set_lr / set_group_lr write the device lr between replays). Weight decay, betas
+  /// and eps are read at capture and stay fixed in the graph.
   bool capturable = false;
 };
 

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "engine/autograd.h"
+#include "engine/cuda/runtime.h"
 #include "engine/dispatch.h"
 
 namespace tandem::optim {
@@ -34,7 +35,57 @@ double Optimizer::lr() const {
 }
 
 void Optimizer::set_lr(double lr) {
-  for (ParamGroup& group : groups_) group.lr = lr;
+  for (size_t g = 0; g < groups_.size(); ++g) set_group_lr(g, lr);
+}
+
+void Optimizer::set_group_lr(size_t g, double lr) {
+  if (g >= groups_.size())
+    throw std::invalid_argument("[Optimizer::set_group_lr] expected a group index below " + std::to_string(groups_.size()) +
+                                ", got " + std::to_string(g));
+  if (!(lr >= 0.0)) throw std::invalid_argument("[Optimizer::set_group_lr] expected lr >= 0, got " + std::to_string(lr));
+  // Checked before anything changes: a refused call leaves the lr as it was.
+  for (const auto& [key, copy] : device_lrs_) {
+    const Device device{std::get<1>(key), std::get<2>(key)};
+    if (std::get<0>(key) == g && copy.written != lr && capturing(device))
+      throw std::logic_error("[Optimizer::set_group_lr] expected no CUDA-graph capture on " + device.str() +
+                             ", got one in progress: the lr is set between replays, not inside a graph");
+  }
+  groups_[g].lr = lr;
+  for (auto& [key, copy] : device_lrs_) {
+    if (std::get<0>(key) != g || copy.written == lr) continue;
+    copy.value.fill_(lr);
+    copy.written = lr;
+  }
+}
+
+bool Optimizer::capturing(Device device) {
+  return device.is_cuda() && cuda::current_stream(device.index).is_capturing();
+}
+
+void Optimizer::check_captured_step(const std::string& name, bool first_step, const std::string& what) const {
+  if (!capturable())
+    throw std::logic_error("[" + name + "::step] expected an optimizer constructed with capturable = true inside a "
+                           "CUDA-graph capture, got one that is not: its lr and first steps would be fixed in the graph");
+  if (first_step)
+    throw std::logic_error("[" + name + "::step] expected every parameter to have stepped once before a CUDA-graph "
+                           "capture, got " + what + " without optimizer state: its state would be made again at every "
+                           "replay; run one step eagerly (or load a state dict) before capturing");
+}
+
+const double* Optimizer::lr_on_device(const std::string& name, size_t group, Device device) {
+  const double lr = groups_.at(group).lr.value();
+  DeviceLr& copy = device_lrs_[{group, device.type, device.index}];
+  if (!copy.value.defined() || copy.written != lr) {
+    if (capturing(device))
+      throw std::logic_error("[" + name + "::step] expected the lr of group " + std::to_string(group) + " on " +
+                             device.str() + " to be on the device before a CUDA-graph capture, got " +
+                             (copy.value.defined() ? "a changed lr (change it with set_lr or set_group_lr)"
+                                                   : "none (run one step eagerly before capturing)"));
+    if (!copy.value.defined()) copy.value = Tensor::empty({1}, {.dtype = DType::kF64, .device = device});
+    copy.value.fill_(lr);
+    copy.written = lr;
+  }
+  return copy.value.data<double>();
 }
 
 void Optimizer::add_param_group(ParamGroup group) {
@@ -102,7 +153,7 @@ std::vector<Optimizer::DeviceBatch> Optimizer::grads_by_device(const std::string
       if (p.dtype() != DType::kF32 && p.dtype() != DType::kF64) throw_unsupported(op, p.device(), p.dtype());
       const Device d = p.device();
       by_key[Key{d.type, d.index, p.dtype()}].push_back(
-          {p, std::move(grad), flat_index(g, i), group.lr.value(), group.weight_decay.value()});
+          {p, std::move(grad), flat_index(g, i), g, group.lr.value(), group.weight_decay.value()});
     }
   }
   std::vector<DeviceBatch> batches;
@@ -177,7 +228,12 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
     for (const char* field : {".lr", ".weight_decay"}) {
       std::string key = "param_groups." + std::to_string(g) + field;
       known_scalars.insert(key);
-      if (!saved.scalars.count(key)) problems.push_back("missing scalar " + key);
+      auto it = saved.scalars.find(key);
+      if (it == saved.scalars.end()) {
+        problems.push_back("missing scalar " + key);
+      } else if (!(it->second >= 0.0)) {
+        problems.push_back("scalar " + key + ": expected >= 0, got " + std::to_string(it->second));
+      }
     }
   }
   if (!saved.scalars.count("step_count")) problems.push_back("missing scalar step_count");
@@ -210,7 +266,7 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
   }
   step_count_ = static_cast<int64_t>(saved.scalars.at("step_count"));
   for (size_t g = 0; g < groups_.size(); ++g) {
-    groups_[g].lr = saved.scalars.at("param_groups." + std::to_string(g) + ".lr");
+    set_group_lr(g, saved.scalars.at("param_groups." + std::to_string(g) + ".lr"));
     groups_[g].weight_decay = saved.scalars.at("param_groups." + std::to_string(g) + ".weight_decay");
   }
 }

@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -47,8 +48,15 @@ class Optimizer {
 
   /// Learning rate of the first group.
   double lr() const;
-  /// Sets the learning rate of every group (what LR schedules call).
+  /// Sets the learning rate of every group: set_group_lr for each.
   void set_lr(double lr);
+  /// Sets group g's learning rate (what LR schedules call). A capturable optimizer also
+  /// writes it, stream-ordered, into the device copies its kernels read, so a step
+  /// captured in a CUDA graph follows the schedule from one replay to the next; change a
+  /// capturable optimizer's lr this way rather than through param_groups() between
+  /// replays. Throws std::invalid_argument for a group that does not exist or an lr that
+  /// is negative or NaN, std::logic_error while a device copy's stream is being captured.
+  void set_group_lr(size_t g, double lr);
   std::vector<ParamGroup>& param_groups() { return groups_; }
   const std::vector<ParamGroup>& param_groups() const { return groups_; }
   /// Adds a group; its unset hyperparameters take the optimizer's defaults.
@@ -78,7 +86,8 @@ class Optimizer {
   /// A parameter that has a gradient, with its group's hyperparameters.
   struct GradItem {
     Tensor param, grad;
-    size_t flat;  // flat_index of the parameter: its slot in state()
+    size_t flat;   // flat_index of the parameter: its slot in state()
+    size_t group;  // its group's index
     double lr, weight_decay;
   };
   /// The parameters with gradients on one (device, dtype): one fused launch's worth.
@@ -98,6 +107,18 @@ class Optimizer {
   /// unless it is one f32 element on the device of every batch.
   static const float* found_inf_ptr(const std::string& name, const Tensor& found_inf,
                                     const std::vector<DeviceBatch>& batches);
+  /// Capturable optimizers: the address of group g's lr on `device`, one f64 the step
+  /// kernels read when they run. Made at first use; rewritten (stream-ordered) when the
+  /// group's lr changed since without set_group_lr. Throws std::logic_error if either
+  /// would happen while `device`'s stream is being captured: the write would be replayed.
+  const double* lr_on_device(const std::string& name, size_t group, Device device);
+  /// A step of the optimizer `name` inside a CUDA-graph capture: throws std::logic_error
+  /// if it could not be replayed right: the optimizer is not capturable (lr, first steps
+  /// and step counts would be fixed in the graph), or `first_step` (the parameter `what`
+  /// has no state yet, which would be made inside the graph and again at every replay).
+  void check_captured_step(const std::string& name, bool first_step, const std::string& what) const;
+  /// Whether `device`'s current stream is being captured into a CUDA graph.
+  static bool capturing(Device device);
 
   std::vector<ParamGroup> groups_;
   int64_t step_count_ = 0;
@@ -106,6 +127,13 @@ class Optimizer {
   double default_lr_;
   double default_weight_decay_;
   std::map<std::string, std::vector<Tensor>> state_;
+  /// Capturable: each group's lr on each device its parameters are on, and the value
+  /// last written there.
+  struct DeviceLr {
+    Tensor value;
+    double written = 0.0;
+  };
+  std::map<std::tuple<size_t, DeviceType, int>, DeviceLr> device_lrs_;
 };
 
 }  // namespace tandem::optim

@@ -58,7 +58,8 @@ void LRScheduler::apply() {
          std::to_string(groups.size()));
   }
   const std::vector<double> lrs = get_lr();
-  for (size_t g = 0; g < groups.size(); ++g) groups[g].lr = lrs[g];
+  // Through set_group_lr: a capturable optimizer's device copies follow.
+  for (size_t g = 0; g < groups.size(); ++g) optimizer_->set_group_lr(g, lrs[g]);
 }
 
 SchedulerState LRScheduler::state_dict() const {

@@ -64,12 +64,17 @@ void SGD::step_impl(const Tensor& found_inf) {
   const float* skip_if = found_inf_ptr("SGD", found_inf, batches);
   std::vector<std::vector<kernels::SGDTensorRef>> refs_of(batches.size());
   for (size_t b = 0; b < batches.size(); ++b) {
+    const bool in_capture = capturing(batches[b].device);
     for (GradItem& item : batches[b].items) {
+      if (in_capture)
+        check_captured_step("SGD", options_.momentum != 0.0 && !buffers[item.flat].defined(),
+                            "parameter " + std::to_string(item.flat));
       kernels::SGDTensorRef ref;
       ref.param = item.param.data_ptr();
       ref.grad = item.grad.data_ptr();
       ref.numel = item.param.numel();
       ref.lr = item.lr;
+      if (options_.capturable) ref.lr_ptr = lr_on_device("SGD", item.group, batches[b].device);
       ref.weight_decay = item.weight_decay;
       if (options_.momentum != 0.0) {
         Tensor& buf = buffers[item.flat];

@@ -15,10 +15,11 @@ struct SGDOptions {
   double dampening = 0.0;
   double weight_decay = 0.0;
   bool nesterov = false;
-  /// As AdamOptions::capturable: with momentum, each parameter's count of steps lives in
-  /// a one-element f64 tensor on its device, from which the kernel decides the first
-  /// step (the one that seeds the momentum buffer) when it runs. A step() captured in a
-  /// CUDA graph after one eager step then replays right, and step_unless() works (a
+  /// As AdamOptions::capturable: each group's lr lives on the device (set_lr and
+  /// schedules write it), and with momentum each parameter's count of steps lives in a
+  /// one-element f64 tensor on its device, from which the kernel decides the first step
+  /// (the one that seeds the momentum buffer) when it runs. A step() captured in a CUDA
+  /// graph after one eager step then replays right, and step_unless() works (a
   /// GradScaler skip on the device, even of the first step, is no step at all).
   bool capturable = false;
 };

@@ -12,6 +12,7 @@
 #include "engine/ops.h"
 #include "optim/adam.h"
 #include "optim/clip.h"
+#include "optim/schedule.h"
 #include "test_util.h"
 
 using namespace tandem;
@@ -219,9 +220,11 @@ TEST(Adam, StateDictRoundTripResumesTheSameSequence) {
 }
 
 TEST(Adam, CapturableStepsMatchHostStepsExactly) {
-  // capturable keeps each step count in a tensor that the kernels read and increment;
-  // the result must be the host-count path's, bit for bit, including a parameter that
-  // misses steps, two groups, both decays, AMSGrad, f32 and f64, and a state-dict trip.
+  // capturable keeps each step count and each group's lr in tensors that the kernels
+  // read (and the counts increment); the result must be the host path's, bit for bit,
+  // including a parameter that misses steps, two groups under a StepLR schedule, both
+  // decays (AdamW's factor 1 - lr·wd from the device lr), AMSGrad, f32 and f64, and a
+  // state-dict trip.
   for (DType dtype : {DType::kF32, DType::kF64}) {
     for (bool decoupled : {false, true}) {
       for (bool amsgrad : {false, true}) {
@@ -241,12 +244,16 @@ TEST(Adam, CapturableStepsMatchHostStepsExactly) {
         };
         std::vector<Tensor> host_params, dev_params;
         auto host = make(false, host_params), captured = make(true, dev_params);
+        StepLR host_schedule(*host, 2, 0.5), captured_schedule(*captured, 2, 0.5);
         for (int k = 0; k < 6; ++k) {
           // The second parameter misses the first step.
           tandem::testing::step_in_lockstep(host_params, *host, dev_params, *captured, k,
                                             [&](size_t i) { return i == 0 || k > 0; });
           if (k == 2) captured->load_state_dict(captured->state_dict());  // counts written back in place
+          host_schedule.step();
+          captured_schedule.step();
         }
+        EXPECT_EQ(captured->param_groups()[1].lr, 0.02 * 0.125);
         EXPECT_EQ(captured->param_step(0), 6);
         EXPECT_EQ(captured->param_step(1), 5);
         const OptimizerState a = host->state_dict(), b = captured->state_dict();

@@ -1,5 +1,5 @@
-// CUDA graphs: ops and a whole training step (forward, backward, SGD or capturable
-// AdamW, f16 with a capturable GradScaler) captured once and replayed on new data
+// CUDA graphs: ops and a whole training step (forward, backward, capturable SGD under
+// an lr schedule or AdamW, f16 with a capturable GradScaler) captured once and replayed on new data
 // against the same work run eagerly; the private pool keeping the graph's memory from
 // eager tensors and returning it after reset; and the errors.
 // Skips without a device, and under TANDEM_CUDA_CACHING_ALLOCATOR=0 (gpu-check's
@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -25,6 +26,7 @@
 #include "layers/sequential.h"
 #include "optim/adam.h"
 #include "optim/grad_scaler.h"
+#include "optim/schedule.h"
 #include "optim/sgd.h"
 #include "test_util.h"
 
@@ -87,10 +89,11 @@ struct Fp16Scaling {
 /// steps on both (optimizer state and every first allocation exist before the capture,
 /// as they must), then `replays` batches, stepped eagerly on one and by replaying a
 /// captured step on the other; each replay's loss and the final parameters must agree.
-/// With `fp16`, forward and loss run under f16 autocast and the steps go through the scalers.
+/// With `fp16`, forward and loss run under f16 autocast and the steps go through the
+/// scalers. `after_step` runs after each step of both (an lr schedule stepping both).
 void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager_opt, nn::Module& captured,
                                       optim::Optimizer& captured_opt, int replays, const Fp16Scaling& fp16 = {},
-                                      double tolerance = 1e-6) {
+                                      double tolerance = 1e-6, const std::function<void()>& after_step = nullptr) {
   auto batch = [&](uint64_t seed) {
     Tensor x = random_tensor({16, 20}, seed, DType::kF32, kGpu);
     if (fp16.eager != nullptr && seed == fp16.inf_batch) x.narrow(0, 3, 1).fill_(std::numeric_limits<double>::infinity());
@@ -118,6 +121,7 @@ void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager
     auto [x, y] = batch(seed);
     step(eager, eager_opt, fp16.eager, x, y);
     step(captured, captured_opt, fp16.captured, x, y);
+    if (after_step) after_step();
   }
   Tensor static_x = Tensor::empty({16, 20}, {.dtype = DType::kF32, .device = kGpu});
   Tensor static_y = Tensor::empty({16}, {.dtype = DType::kI64, .device = kGpu});
@@ -133,6 +137,7 @@ void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager
     static_y.copy_(y);
     graph.replay();
     const Tensor want_loss = step(eager, eager_opt, fp16.eager, x, y);
+    if (after_step) after_step();
     if (fp16.eager != nullptr && seed == fp16.inf_batch) {
       // Its first layer's weight gradient holds inf·0 = NaN (the loss itself may stay
       // finite: ReLU maps NaN to 0), so both steps were skipped on the device.
@@ -147,11 +152,54 @@ void expect_replays_match_eager_steps(nn::Module& eager, optim::Optimizer& eager
   for (size_t i = 0; i < pe.size(); ++i) EXPECT_TRUE(all_close(pc[i].cpu(), pe[i].cpu(), tolerance, tolerance)) << i;
 }
 
-TEST_F(CudaGraph, CapturedTrainingStepMatchesEagerSteps) {
+TEST_F(CudaGraph, CapturedTrainingStepFollowsAnLrScheduleAcrossReplays) {
+  // Capturable SGD reads its lr from the device: the schedule, stepped between replays,
+  // writes it there, so every replay uses the lr of its own step.
   auto eager = make_mlp(), captured = make_mlp();
-  const optim::SGDOptions options{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4};
+  const optim::SGDOptions options{.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4, .capturable = true};
   optim::SGD eager_opt(eager->parameters(), options), captured_opt(captured->parameters(), options);
-  expect_replays_match_eager_steps(*eager, eager_opt, *captured, captured_opt, 4);
+  optim::StepLR eager_schedule(eager_opt, 2, 0.5), captured_schedule(captured_opt, 2, 0.5);
+  expect_replays_match_eager_steps(*eager, eager_opt, *captured, captured_opt, 5, {}, 1e-6, [&] {
+    eager_schedule.step();
+    captured_schedule.step();
+  });
+  EXPECT_EQ(captured_opt.lr(), 0.1 * 0.125);
+}
+
+TEST_F(CudaGraph, OptimizerStepsThatCannotReplayAreRefusedInACapture) {
+  auto model = make_mlp();
+  const Tensor x = random_tensor({16, 20}, 1, DType::kF32, kGpu);
+  const Tensor y = random_indices({16}, 5, 2, kGpu);
+  auto capture_step = [&](optim::Optimizer& opt, const std::function<void()>& inside) {
+    opt.zero_grad();
+    synchronize(0);
+    Graph graph;
+    graph.capture_begin();
+    cross_entropy(model->forward(x), y).backward();
+    try {
+      inside();
+    } catch (...) {
+      // Nothing illegal was queued: the capture ends cleanly and is thrown away.
+      graph.capture_end();
+      throw;
+    }
+    graph.capture_end();
+  };
+  // Not capturable: its lr and first-step decisions would be fixed in the graph.
+  optim::SGD plain(model->parameters(), {.lr = 0.1, .momentum = 0.9});
+  testing::expect_logic_error([&] { capture_step(plain, [&] { plain.step(); }); },
+                              {"capturable = true", "CUDA-graph capture"});
+  // Capturable, but no parameter has stepped: its state would be made at every replay.
+  optim::AdamW adamw(model->parameters(), {.lr = 1e-2, .capturable = true});
+  testing::expect_logic_error([&] { capture_step(adamw, [&] { adamw.step(); }); },
+                              {"stepped once before a CUDA-graph capture", "parameter 0"});
+  // After an eager step it captures; the lr changes between replays, not inside one.
+  adamw.zero_grad();
+  cross_entropy(model->forward(x), y).backward();
+  adamw.step();
+  testing::expect_logic_error([&] { capture_step(adamw, [&] { adamw.set_lr(0.5); }); },
+                              {"set_group_lr", "between replays"});
+  capture_step(adamw, [&] { adamw.step(); });
 }
 
 TEST_F(CudaGraph, CapturedAdamWStepCountsOnAcrossReplays) {

@@ -144,17 +144,20 @@ TEST(CudaSGD, LaunchPlan) {
   EXPECT_EQ(launches(refs({320 * kSGDChunkSize})), 1);
   EXPECT_EQ(launches(refs({320 * kSGDChunkSize + 1})), 2);
   EXPECT_EQ(launches(refs({200 * kSGDChunkSize, 200 * kSGDChunkSize})), 2);
-  // With step counts (capturable) a struct holds fewer tensors.
-  const double count = 0.0;
+  // With lr and step-count addresses (capturable) a struct holds fewer tensors.
+  const double count = 0.0, lr = 0.1;
   auto counted = [&](std::vector<int64_t> sizes) {
     std::vector<SGDTensorRef> out = refs(std::move(sizes));
-    for (SGDTensorRef& r : out) r.step_count = &count;
+    for (SGDTensorRef& r : out) {
+      r.step_count = &count;
+      r.lr_ptr = &lr;
+    }
     return out;
   };
   EXPECT_EQ(launches(counted(std::vector<int64_t>(kernels::cuda::kSGDCapturableMaxTensors, 5))), 1);
   EXPECT_EQ(launches(counted(std::vector<int64_t>(kernels::cuda::kSGDCapturableMaxTensors + 1, 5))), 2);
   std::vector<SGDTensorRef> mixed = counted({5, 5});
-  mixed[1].step_count = nullptr;
+  mixed[1].lr_ptr = nullptr;
   EXPECT_THROW(launches(mixed), std::logic_error);
 #else
   GTEST_SKIP() << "built without CUDA";

@@ -209,10 +209,11 @@ TEST(SGD, StateDictRoundTrip) {
 }
 
 TEST(SGD, CapturableStepsMatchHostStepsExactly) {
-  // capturable decides each parameter's first step from a count on its device; the
-  // result must be the host path's bit for bit: momentum with dampening (where the
-  // first step differs), Nesterov, f32 and f64, a parameter that misses steps, and
-  // state-dict trips both ways mid-run.
+  // capturable decides each parameter's first step from a count on its device and reads
+  // the lr from there; the result must be the host path's bit for bit: momentum with
+  // dampening (where the first step differs), Nesterov, f32 and f64, a parameter that
+  // misses steps, lr changes (set_lr, and an assignment to the group picked up at the
+  // next step), and state-dict trips both ways mid-run.
   for (DType dtype : {DType::kF32, DType::kF64}) {
     for (bool nesterov : {false, true}) {
       SCOPED_TRACE(std::string(dtype_name(dtype)) + (nesterov ? " nesterov" : " dampening"));
@@ -239,6 +240,14 @@ TEST(SGD, CapturableStepsMatchHostStepsExactly) {
           captured->load_state_dict(captured->state_dict());
         }
         if (k == 3) host->load_state_dict(captured->state_dict());
+        if (k == 1) {
+          host->set_lr(0.05);
+          captured->set_lr(0.05);
+        }
+        if (k == 4) {
+          host->param_groups()[0].lr = 0.2;
+          captured->param_groups()[0].lr = 0.2;
+        }
       }
       const OptimizerState a = host->state_dict(), b = captured->state_dict();
       EXPECT_EQ(a.scalars, b.scalars);
@@ -246,6 +255,27 @@ TEST(SGD, CapturableStepsMatchHostStepsExactly) {
       for (const auto& [name, t] : a.tensors) EXPECT_EQ(b.tensors.at(name).to_vector<double>(), t.to_vector<double>());
     }
   }
+}
+
+TEST(Optimizer, SetGroupLrChecksItsArguments) {
+  Tensor a = param({1.0, 2.0}), b = param({3.0});
+  SGD opt(std::vector<ParamGroup>{{.params = {a}, .lr = std::nullopt, .weight_decay = std::nullopt},
+                                  {.params = {b}, .lr = 0.5, .weight_decay = std::nullopt}},
+          {.lr = 0.1, .capturable = true});
+  opt.set_group_lr(1, 0.25);
+  EXPECT_EQ(opt.param_groups()[0].lr, 0.1);
+  EXPECT_EQ(opt.param_groups()[1].lr, 0.25);
+  opt.set_lr(0.3);
+  EXPECT_EQ(opt.param_groups()[1].lr, 0.3);
+  tandem::testing::expect_invalid([&] { opt.set_group_lr(2, 0.1); }, {"group index below 2", "got 2"});
+  tandem::testing::expect_invalid([&] { opt.set_group_lr(0, -1.0); }, {"lr >= 0", "-1"});
+  tandem::testing::expect_invalid([&] { opt.set_lr(std::nan("")); }, {"lr >= 0", "nan"});
+  EXPECT_EQ(opt.param_groups()[0].lr, 0.3);
+  // A saved negative lr is one of the problems a load lists, and changes nothing.
+  OptimizerState state = opt.state_dict();
+  state.scalars["param_groups.1.lr"] = -0.5;
+  tandem::testing::expect_invalid([&] { opt.load_state_dict(state); }, {"param_groups.1.lr: expected >= 0"});
+  EXPECT_EQ(opt.param_groups()[1].lr, 0.3);
 }
 
 TEST(SGD, LoadStateDictListsEveryProblem) {

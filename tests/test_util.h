@@ -63,8 +63,23 @@ double relative_error(const Tensor& got, const Tensor& want);
                                      const std::vector<Tensor>& inputs, double eps = 1e-6, double atol = 1e-6,
                                      double rtol = 1e-4);
 
-/// Runs `fn`, expects std::invalid_argument, and checks its message contains every piece.
+/// Runs `fn`, expects an exception of type E (`kind` names it in the failure), and checks
+/// its message contains every piece.
+template <class E>
+void expect_error(const char* kind, const std::function<void()>& fn, const std::vector<std::string>& pieces) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected " << kind;
+  } catch (const E& e) {
+    const std::string what = e.what();
+    for (const std::string& p : pieces)
+      EXPECT_NE(what.find(p), std::string::npos) << "message: " << what << "\nmissing: " << p;
+  }
+}
+/// expect_error for std::invalid_argument.
 void expect_invalid(const std::function<void()>& fn, const std::vector<std::string>& pieces);
+/// expect_error for std::logic_error (a misuse such as a call that cannot be captured).
+void expect_logic_error(const std::function<void()>& fn, const std::vector<std::string>& pieces);
 
 /// Runs fn(rank) on one thread per rank and joins them; the first exception is rethrown.
 void run_ranks(int size, const std::function<void(int)>& fn);

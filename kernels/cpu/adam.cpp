@@ -46,7 +46,7 @@ void adam_multi_typed(const AdamTensorRef* tensors, int64_t count, const AdamHyp
       [&](int64_t t, int64_t b, int64_t e) {
         const AdamTensorRef& r = tensors[t];
         AdamHyper h = shared;
-        h.lr = r.lr;
+        h.lr = r.lr_ptr != nullptr ? *r.lr_ptr : r.lr;
         h.weight_decay = r.weight_decay;
         h.step = r.step_count != nullptr ? static_cast<int64_t>(*r.step_count) + 1 : r.step;
         T* v_max = r.max_exp_avg_sq != nullptr ? static_cast<T*>(r.max_exp_avg_sq) + b : nullptr;

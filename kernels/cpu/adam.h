@@ -39,6 +39,10 @@ struct AdamTensorRef {
   int64_t numel = 0;
   double lr = 0.0;  // per tensor, so groups with different lr share a launch
   double weight_decay = 0.0;
+  // Capturable steps: when set, the lr is read from this memory (one f64 on the tensor's
+  // device) when the kernel runs instead of `lr` (see SGDTensorRef::lr_ptr). Set for all
+  // tensors or none, together with step_count.
+  const double* lr_ptr = nullptr;
   int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
   // Capturable steps: when set, the step count is read from this memory (on the tensor's
   // device) as *step_count + 1 instead of `step`, and the caller adds 1 to it after the

@@ -33,7 +33,10 @@ void sgd_multi_typed(const SGDTensorRef* tensors, int64_t count, double momentum
       count, [&](int64_t t) { return tensors[t].numel; },
       [&](int64_t t, int64_t b, int64_t e) {
         const SGDTensorRef& r = tensors[t];
-        const SGDHyper h{.lr = r.lr, .momentum = momentum, .dampening = dampening, .weight_decay = r.weight_decay,
+        const SGDHyper h{.lr = r.lr_ptr != nullptr ? *r.lr_ptr : r.lr,
+                         .momentum = momentum,
+                         .dampening = dampening,
+                         .weight_decay = r.weight_decay,
                          .nesterov = nesterov};
         T* buf = r.momentum != nullptr ? static_cast<T*>(r.momentum) + b : nullptr;
         const bool first_step = r.step_count != nullptr ? *r.step_count == 0.0 : r.first_step;

@@ -25,6 +25,10 @@ struct SGDTensorRef {
   int64_t numel = 0;
   double lr = 0.0;            // per tensor, so groups with different lr share a launch
   double weight_decay = 0.0;
+  // Capturable steps: when set, the lr is read from this memory (one f64 on the tensor's
+  // device) when the kernel runs instead of `lr`, so a step captured in a CUDA graph
+  // follows a schedule (Optimizer::set_group_lr writes it). All tensors or none.
+  const double* lr_ptr = nullptr;
   bool first_step = false;  // seed the momentum buffer with the gradient
   // Capturable steps: when set, the first step is decided from this count (on the
   // tensor's device; 0 means no step yet) instead of `first_step`, and the caller adds

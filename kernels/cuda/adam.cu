@@ -1,7 +1,7 @@
 // Multi-tensor Adam: the launch plan of multi_tensor.cuh packs (param, grad, m, v,
 // v̂max) of up to kAdamMaxTensors tensors with their host-computed step size, bias
-// correction and weight-decay coefficient (or, capturable, their lr and the address
-// of their step count); each block updates one 64Ki-element chunk.
+// correction and weight-decay coefficient (or, capturable, the addresses of their lr
+// and step count, and their weight decay); each block updates one 64Ki-element chunk.
 #include "kernels/cuda/adam.h"
 
 #include <stdexcept>
@@ -30,10 +30,11 @@ struct AdamMeta {
   }
 };
 
-/// Capturable steps: the bias corrections come from the step counts in device memory
-/// at run time, so they are right in every replay of a captured graph.
+/// Capturable steps: the lr and the step counts are read from device memory at run time
+/// (and the bias corrections and AdamW's decay factor computed from them), so they are
+/// right in every replay of a captured graph. weight_decay is the option itself.
 struct AdamCapturableMeta {
-  double lr[kAdamMaxTensors];
+  const double* lr[kAdamMaxTensors];
   const double* step_count[kAdamMaxTensors];
   double weight_decay[kAdamMaxTensors];
   void move(int from, int to) {
@@ -59,20 +60,26 @@ struct AdamShared {
   double beta1_f64, beta2_f64;
 };
 
-/// The step size lr/(1-β1^t) and sqrt(1-β2^t) of tensor slot t.
+/// The step size lr/(1-β1^t), sqrt(1-β2^t) and the weight-decay coefficient (AdamW:
+/// the factor 1 - lr·wd) of tensor slot t.
 template <class T>
 __device__ void adam_step_coefficients(const AdamLaunchArgs& args, const AdamShared<T>&, int t, double& step_size,
-                                       double& bc2_sqrt) {
+                                       double& bc2_sqrt, double& weight_decay) {
   step_size = args.meta.step_size[t];
   bc2_sqrt = args.meta.bias_correction2_sqrt[t];
+  weight_decay = args.meta.weight_decay[t];
 }
 template <class T>
 __device__ void adam_step_coefficients(const AdamCapturableLaunchArgs& args, const AdamShared<T>& s, int t,
-                                       double& step_size, double& bc2_sqrt) {
-  // Every thread reads the same count (one cached load) and does the same two pow().
+                                       double& step_size, double& bc2_sqrt, double& weight_decay) {
+  // Every thread reads the same lr and count (cached loads) and does the same two pow().
+  const double lr = *args.meta.lr[t];
   const double step = *args.meta.step_count[t] + 1.0;
-  step_size = args.meta.lr[t] / (1.0 - pow(s.beta1_f64, step));
+  step_size = lr / (1.0 - pow(s.beta1_f64, step));
   bc2_sqrt = sqrt(1.0 - pow(s.beta2_f64, step));
+  // Rounded as the host's adam_coefficients: the product first (no fused multiply-add).
+  const double wd = args.meta.weight_decay[t];
+  weight_decay = s.decoupled ? __dsub_rn(1.0, __dmul_rn(lr, wd)) : wd;
 }
 
 // Same operation order as kernels/cpu/adam.cpp (PyTorch's single-tensor path);
@@ -89,14 +96,14 @@ __global__ void __launch_bounds__(kAdamBlockSize)
   T* __restrict__ m = static_cast<T*>(args.ptr[2][t]);
   T* __restrict__ v = static_cast<T*>(args.ptr[3][t]);
   T* __restrict__ v_max = static_cast<T*>(args.ptr[4][t]);
-  double step_size_f64, bc2_sqrt_f64;
-  adam_step_coefficients(args, s, t, step_size_f64, bc2_sqrt_f64);
+  double step_size_f64, bc2_sqrt_f64, wd_f64;
+  adam_step_coefficients(args, s, t, step_size_f64, bc2_sqrt_f64, wd_f64);
   const T neg_step_size = static_cast<T>(-step_size_f64);
   const T bc2_sqrt = static_cast<T>(bc2_sqrt_f64);
-  const T wd = static_cast<T>(args.meta.weight_decay[t]);
+  const T wd = static_cast<T>(wd_f64);
   // Decoupled: wd is the factor 1 - lr·wd (1 means no decay); L2: the coefficient.
-  const bool decoupled = s.decoupled && args.meta.weight_decay[t] != 1.0;
-  const bool l2 = !s.decoupled && args.meta.weight_decay[t] != 0.0;
+  const bool decoupled = s.decoupled && wd_f64 != 1.0;
+  const bool l2 = !s.decoupled && wd_f64 != 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kAdamBlockSize) {
     T g = grad[i];
     T w = p[i];
@@ -141,13 +148,13 @@ int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamLa
   return ref.numel;
 }
 
-/// fill_adam_slot for capturable steps: lr and the step count's address; the weight-decay
-/// coefficient does not depend on the step.
+/// fill_adam_slot for capturable steps: the addresses of the lr and the step count, and
+/// the weight decay itself (the kernel computes AdamW's factor from the lr it reads).
 int64_t fill_adam_slot(const AdamTensorRef& ref, const AdamHyper& shared, AdamCapturableLaunchArgs& args, int slot) {
-  const AdamHyper h = fill_adam_pointers(ref, shared, args, slot);
-  args.meta.lr[slot] = ref.lr;
+  (void)fill_adam_pointers(ref, shared, args, slot);
+  args.meta.lr[slot] = ref.lr_ptr;
   args.meta.step_count[slot] = ref.step_count;
-  args.meta.weight_decay[slot] = adam_coefficients(h).weight_decay;
+  args.meta.weight_decay[slot] = ref.weight_decay;
   return ref.numel;
 }
 
@@ -160,9 +167,9 @@ void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count,
                          .amsgrad = amsgrad};
   if (count == 0) return;
   const bool capturable = tensors[0].step_count != nullptr;
-  for (int64_t i = 1; i < count; ++i) {
-    if ((tensors[i].step_count != nullptr) != capturable)
-      throw std::logic_error("[adam_multi_tensor] expected every tensor or none to have a step_count");
+  for (int64_t i = 0; i < count; ++i) {
+    if ((tensors[i].step_count != nullptr) != capturable || (tensors[i].lr_ptr != nullptr) != capturable)
+      throw std::logic_error("[adam_multi_tensor] expected every tensor or none to have a step_count and an lr_ptr");
   }
   auto launch_all = [&](auto args_tag, const auto& s) {
     using Args = decltype(args_tag);

@@ -17,8 +17,8 @@ using kernels::AdamTensorRef;
 /// (f32 or f64), all on the current device, each with its own lr, weight decay and
 /// step count and the shared β1, β2, eps, AMSGrad and decoupled (AdamW) flags. One
 /// launch unless more than kAdamMaxTensors tensors or kAdamMaxBlocks chunks are given.
-/// With step_count set (all tensors or none), the kernel computes the bias corrections
-/// from the counts in device memory. `found_inf` (null, or a device f32 flag): every
+/// With step_count and lr_ptr set (all tensors or none), the kernel reads the lr and the
+/// step counts from device memory and computes the bias corrections from them. `found_inf` (null, or a device f32 flag): every
 /// block reads it and writes nothing when it is nonzero.
 void adam_multi_tensor(DType dtype, const AdamTensorRef* tensors, int64_t count, double beta1, double beta2,
                        double eps, bool amsgrad, bool decoupled_weight_decay, const float* found_inf,

@@ -1,7 +1,7 @@
 // Multi-tensor SGD: the launch plan of multi_tensor.cuh packs (param, grad, momentum)
 // of up to kSGDMaxTensors tensors with their lr, weight decay and first-step flag (or,
-// capturable, the address of their step count) into one kernel argument struct; each
-// block updates one 64Ki-element chunk.
+// capturable, the addresses of their lr and step count) into one kernel argument
+// struct; each block updates one 64Ki-element chunk.
 #include "kernels/cuda/sgd.h"
 
 #include <stdexcept>
@@ -28,10 +28,11 @@ struct SGDMeta {
   }
 };
 
-/// Capturable steps: the first step is decided from the step count in device memory
-/// when the kernel runs, so it is right in every replay of a captured graph.
+/// Capturable steps: the lr and the first step are read from device memory when the
+/// kernel runs, so they are right in every replay of a captured graph. step_count is
+/// null without momentum (no first step to decide).
 struct SGDCapturableMeta {
-  double lr[kSGDCapturableMaxTensors];
+  const double* lr[kSGDCapturableMaxTensors];
   double weight_decay[kSGDCapturableMaxTensors];
   const double* step_count[kSGDCapturableMaxTensors];
   void move(int from, int to) {
@@ -42,8 +43,8 @@ struct SGDCapturableMeta {
 };
 
 // Lists: param, grad, momentum. 48·(3·8 + 8 + 2·8 + 1) + 320·(1 + 4) = 3952 bytes, and
-// 40·(3·8 + 8 + 3·8) + 320·(1 + 4) = 3840 with step counts, under the classic 4 KiB
-// limit on kernel arguments.
+// 40·(3·8 + 8 + 3·8) + 320·(1 + 4) = 3840 with lr and step-count addresses, under the
+// classic 4 KiB limit on kernel arguments.
 using SGDLaunchArgs = TensorListArgs<3, kSGDMaxTensors, kSGDMaxBlocks, SGDMeta>;
 using SGDCapturableLaunchArgs = TensorListArgs<3, kSGDCapturableMaxTensors, kSGDMaxBlocks, SGDCapturableMeta>;
 static_assert(sizeof(SGDLaunchArgs) <= 4096, "kernel argument struct must fit in 4 KiB");
@@ -51,6 +52,8 @@ static_assert(sizeof(SGDCapturableLaunchArgs) <= 4096, "kernel argument struct m
 
 __device__ bool is_first_step(const SGDLaunchArgs& args, int t) { return args.meta.first_step[t] != 0; }
 __device__ bool is_first_step(const SGDCapturableLaunchArgs& args, int t) { return *args.meta.step_count[t] == 0.0; }
+__device__ double lr_of(const SGDLaunchArgs& args, int t) { return args.meta.lr[t]; }
+__device__ double lr_of(const SGDCapturableLaunchArgs& args, int t) { return *args.meta.lr[t]; }
 
 // __grid_constant__ keeps the struct in parameter memory even though it is indexed
 // by a run-time value (otherwise each thread would copy it to local memory).
@@ -66,7 +69,7 @@ __global__ void __launch_bounds__(kSGDBlockSize)
   const T* __restrict__ grad = static_cast<const T*>(args.ptr[1][t]);
   T* __restrict__ buf = static_cast<T*>(args.ptr[2][t]);
   const bool first_step = use_mu && is_first_step(args, t);
-  const T lr = static_cast<T>(args.meta.lr[t]), wd = static_cast<T>(args.meta.weight_decay[t]);
+  const T lr = static_cast<T>(lr_of(args, t)), wd = static_cast<T>(args.meta.weight_decay[t]);
   const bool use_wd = args.meta.weight_decay[t] != 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kSGDBlockSize) {
     T g = grad[i];
@@ -88,11 +91,12 @@ int64_t fill_sgd_slot(const SGDTensorRef* tensors, int64_t i, Args& args, int sl
   args.ptr[0][slot] = ref.param;
   args.ptr[1][slot] = const_cast<void*>(ref.grad);
   args.ptr[2][slot] = ref.momentum;
-  args.meta.lr[slot] = ref.lr;
   args.meta.weight_decay[slot] = ref.weight_decay;
   if constexpr (std::is_same_v<Args, SGDLaunchArgs>) {
+    args.meta.lr[slot] = ref.lr;
     args.meta.first_step[slot] = ref.first_step ? 1 : 0;
   } else {
+    args.meta.lr[slot] = ref.lr_ptr;
     args.meta.step_count[slot] = ref.step_count;
   }
   return ref.numel;
@@ -106,12 +110,15 @@ void plan_sgd(const SGDTensorRef* tensors, int64_t count, Launch&& launch) {
       [&](const Args& args, int blocks, int64_t) { launch(args, blocks); });
 }
 
-/// Whether the tensors carry step counts (all or none; anything else is a caller bug).
-bool has_step_counts(const SGDTensorRef* tensors, int64_t count) {
-  const bool capturable = count > 0 && tensors[0].step_count != nullptr;
-  for (int64_t i = 1; i < count; ++i) {
-    if ((tensors[i].step_count != nullptr) != capturable)
-      throw std::logic_error("[sgd_multi_tensor] expected every tensor or none to have a step_count");
+/// Whether the step is capturable: the tensors carry lr addresses (all or none) and,
+/// with momentum, step counts (all or none: anything else is a caller bug).
+bool is_capturable(const SGDTensorRef* tensors, int64_t count, bool use_momentum) {
+  const bool capturable = count > 0 && tensors[0].lr_ptr != nullptr;
+  for (int64_t i = 0; i < count; ++i) {
+    if ((tensors[i].lr_ptr != nullptr) != capturable)
+      throw std::logic_error("[sgd_multi_tensor] expected every tensor or none to have an lr_ptr");
+    if (use_momentum && (tensors[i].step_count != nullptr) != capturable)
+      throw std::logic_error("[sgd_multi_tensor] expected a step_count with each lr_ptr when momentum is used");
   }
   return capturable;
 }
@@ -120,7 +127,7 @@ bool has_step_counts(const SGDTensorRef* tensors, int64_t count) {
 
 void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, double momentum, double dampening,
                       bool nesterov, const float* found_inf, cudaStream_t stream) {
-  const bool capturable = has_step_counts(tensors, count);
+  const bool capturable = is_capturable(tensors, count, momentum != 0.0);
   auto run = [&](auto tag) {
     using T = decltype(tag);
     auto launch = [&](const auto& args, int blocks) {
@@ -142,7 +149,7 @@ void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, d
 int64_t sgd_multi_tensor_launches(const SGDTensorRef* tensors, int64_t count) {
   int64_t launches = 0;
   auto counted = [&](const auto&, int) { ++launches; };
-  if (has_step_counts(tensors, count)) plan_sgd<SGDCapturableLaunchArgs>(tensors, count, counted);
+  if (is_capturable(tensors, count, /*use_momentum=*/false)) plan_sgd<SGDCapturableLaunchArgs>(tensors, count, counted);
   else plan_sgd<SGDLaunchArgs>(tensors, count, counted);
   return launches;
 }

@@ -17,7 +17,8 @@ using kernels::SGDTensorRef;
 /// (f32 or f64), all on the current device, each with its own lr and weight decay
 /// and the shared momentum μ, dampening and Nesterov flag. As few launches as
 /// possible: one unless more than kSGDMaxTensors tensors (kSGDCapturableMaxTensors with
-/// step counts, set for all tensors or none) or kSGDMaxBlocks chunks are given.
+/// lr addresses, set for all tensors or none, and then with momentum step counts too)
+/// or kSGDMaxBlocks chunks are given.
 /// `found_inf` (null, or a device f32 flag): every block reads it and writes nothing
 /// when it is nonzero.
 void sgd_multi_tensor(DType dtype, const SGDTensorRef* tensors, int64_t count, double momentum, double dampening,
