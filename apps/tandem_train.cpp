@@ -72,6 +72,7 @@ struct Config {
   bool tf32 = false;
   int64_t accumulate = 1;
   bool grad_checkpoint = false;
+  bool cuda_graph = false;
   // Checkpoints and logs.
   std::string checkpoint_dir;
   int64_t checkpoint_every = 0;
@@ -260,6 +261,7 @@ train::TrainerConfig trainer_config(const Config& cfg, const Plan& plan, const R
   t.val_batch_size = 1000;
   t.accumulate = cfg.accumulate;
   t.grad_checkpoint = cfg.grad_checkpoint;
+  t.cuda_graph = cfg.cuda_graph;
   t.seed = cfg.seed;
   auto& s = t.strategy;
   s.mode = plan.strategy;
@@ -358,6 +360,7 @@ void train_rank(const Config& cfg, const Plan& plan, const Datasets& sets, std::
                                       {"precision", cfg.precision},
                                       {"tf32", cfg.tf32},
                                       {"grad_checkpoint", cfg.grad_checkpoint},
+                                      {"cuda_graph", cfg.cuda_graph},
                                       {"optimizer", cfg.optimizer},
                                       {"lr", last.lr},
                                       {"schedule", cfg.schedule},
@@ -646,6 +649,10 @@ int main(int argc, char** argv) {
   app.add_flag("--grad-checkpoint", cfg.grad_checkpoint,
                "Recompute activations in backward instead of keeping them (less memory, more compute)")
       ->group(amp);
+  app.add_flag("--cuda-graph", cfg.cuda_graph,
+               "On CUDA, replay each micro-batch's forward, backward, all-reduce and optimizer step as one captured "
+               "CUDA graph after three eager steps (full batches; a smaller last batch runs eagerly)")
+      ->group(amp);
   const std::string ck = "Checkpoints and logs";
   app.add_option("--checkpoint-dir", cfg.checkpoint_dir,
                  "Save the full training state here at every epoch end (ckpt-<step>.tck, and best.tck by test accuracy)")
@@ -694,6 +701,16 @@ int main(int argc, char** argv) {
     plan = make_plan(cfg, app);
   } catch (const std::invalid_argument& e) {
     fail(std::string("--device: ") + e.what());
+  }
+  if (cfg.cuda_graph) {
+    // The Trainer refuses the rest (sync BN, unused parameters); these are the flags'.
+    if (!plan.device.is_cuda())
+      fail("--cuda-graph replays CUDA graphs: expected a GPU (--device cuda or auto), got " + plan.device.str());
+    if (plan.strategy == "dp") fail("--cuda-graph applies to --strategy single or ddp, got --strategy dp");
+    if (cfg.grad_checkpoint)
+      fail("--cuda-graph and --grad-checkpoint cannot be combined (recomputation is not capturable)");
+    if (plan.strategy == "ddp" && plan.backend != "nccl")
+      fail("--cuda-graph with --strategy ddp needs --backend nccl, got --backend " + plan.backend);
   }
   // What can be checked before workers start is checked once, here.
   if (cfg.dataset == "synthetic") {

@@ -209,8 +209,8 @@ void Adam::load_state_dict(const OptimizerState& saved) {
   }
   Optimizer::load_state_dict(base);  // checks the rest; throws before changing anything
   steps_ = std::move(steps);
-  // Capturable counts keep their tensors (a captured graph holds their addresses); the
-  // loaded buffers are new tensors, so a graph captured before the load must be recaptured.
+  // Capturable counts keep their tensors, as the base keeps the buffers' (a captured graph
+  // holds their addresses): a graph captured before the load replays with the loaded state.
   for (size_t i = 0; i < step_counts_.size(); ++i) {
     if (step_counts_[i].defined()) step_counts_[i].fill_(static_cast<double>(steps_[i]));
   }

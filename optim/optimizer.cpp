@@ -252,15 +252,22 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
   }
 
   autograd::NoGradGuard no_grad;
+  // Loaded into the tensors a parameter already has for a kind (so a CUDA graph captured
+  // before the load replays with the loaded values), else into a private copy in the
+  // parameter's dtype and on its device; state the saved dict lacks is dropped.
+  std::map<std::string, std::vector<Tensor>> previous = std::move(state_);
   state_.clear();
   for (const std::string& kind : state_kinds()) {
     std::vector<Tensor>& slots = state(kind);
+    const std::vector<Tensor>& old = previous[kind];
     for (size_t i = 0; i < params.size(); ++i) {
       auto it = saved.tensors.find(kind + "." + std::to_string(i));
       if (it == saved.tensors.end()) continue;
-      // A private copy in the parameter's dtype and on its device.
-      Tensor t = Tensor::empty(params[i].shape(), {.dtype = params[i].dtype(), .device = params[i].device()});
-      t.copy_(it->second);
+      Tensor t = i < old.size() && old[i].defined()
+                     ? old[i]
+                     : Tensor::empty(params[i].shape(), {.dtype = params[i].dtype(), .device = params[i].device()});
+      // The optimizer's own state_dict() shares its tensors: nothing to copy then.
+      if (t.data_ptr() != it->second.data_ptr()) t.copy_(it->second);
       slots[i] = t;
     }
   }

@@ -67,8 +67,10 @@ class Optimizer {
   /// Per-parameter state keyed "<kind>.<i>" with i the parameter's index over all
   /// groups in order, plus scalars "step_count" and "param_groups.<g>.lr" / ".weight_decay".
   virtual OptimizerState state_dict() const;
-  /// Restores state_dict() output of an optimizer over parameters of the same shapes.
-  /// Throws std::invalid_argument listing every missing or mis-shaped entry.
+  /// Restores state_dict() output of an optimizer over parameters of the same shapes,
+  /// into the state tensors that already exist (a CUDA graph captured before the load
+  /// keeps working) and new ones for the rest. Throws std::invalid_argument listing
+  /// every missing or mis-shaped entry, before changing anything.
   virtual void load_state_dict(const OptimizerState& state);
 
  protected:

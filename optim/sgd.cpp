@@ -126,8 +126,8 @@ OptimizerState SGD::state_dict() const {
 
 void SGD::load_state_dict(const OptimizerState& saved) {
   Optimizer::load_state_dict(saved);
-  // Capturable counts keep their tensors (a captured graph holds their addresses); the
-  // loaded buffers are new tensors, so a graph captured before the load must be recaptured.
+  // Capturable counts keep their tensors, as the base keeps the buffers' (a captured graph
+  // holds their addresses): a graph captured before the load replays with the loaded state.
   std::vector<Tensor>& buffers = state("momentum_buffer");
   for (size_t i = 0; i < step_counts_.size(); ++i) {
     if (step_counts_[i].defined()) step_counts_[i].fill_(i < buffers.size() && buffers[i].defined() ? 1.0 : 0.0);

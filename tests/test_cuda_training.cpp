@@ -5,6 +5,7 @@
 // precision one GPU can run (the README's main job), and on a text.
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,19 +19,27 @@
 
 #include <nlohmann/json.hpp>
 
+#include "comm/launch.h"
+#include "comm/store.h"
 #include "data/dataset.h"
 #include "engine/autocast.h"
 #include "engine/autograd.h"
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "layers/activation.h"
+#include "layers/linear.h"
 #include "layers/models/cnn.h"
 #include "layers/models/gpt.h"
 #include "layers/models/mlp.h"
 #include "layers/models/resnet.h"
+#include "layers/norm.h"
+#include "layers/sequential.h"
 #include "optim/adam.h"
 #include "optim/grad_scaler.h"
 #include "optim/sgd.h"
+#include "tandem/config.h"
+#include "ddp_test_support.h"
 #include "test_util.h"
 #include "train/trainer.h"
 
@@ -114,6 +123,116 @@ TEST(CudaTraining, TrainerOnTheGpuMatchesTheCpu) {
     EXPECT_NEAR(g.val_loss, c.val_loss, 1e-3 * std::abs(c.val_loss));
     EXPECT_EQ(g.val_samples, 48);
   }
+}
+
+/// Trains `make()`'s model twice on the GPU from the same seed, eagerly and with
+/// cuda_graph, under `edit`'s configuration, and expects the same run: parameters within
+/// `tol` (capturable optimizers compute AdamW's bias corrections on the device), the same
+/// steps and epoch losses. `train` has a smaller last batch, which runs eagerly.
+void expect_graphed_trainer_matches_eager(const std::string& what, const std::function<std::shared_ptr<nn::Module>()>& make,
+                                          const std::shared_ptr<data::TensorDataset>& train,
+                                          const std::shared_ptr<data::TensorDataset>& val,
+                                          const std::function<void(TrainerConfig&)>& edit, double tol,
+                                          std::shared_ptr<comm::ProcessGroup> group = nullptr) {
+  SCOPED_TRACE(what);
+  TrainerConfig eager_config = quiet_config(kGpu);
+  eager_config.epochs = 2;
+  edit(eager_config);
+  TrainerConfig graph_config = eager_config;
+  graph_config.cuda_graph = true;
+  if (group) graph_config.strategy.mode = "ddp";
+  manual_seed(7);
+  auto eager_model = make();
+  manual_seed(7);
+  auto graph_model = make();
+  Trainer eager(eager_config, eager_model, train, val);
+  Trainer graphed(graph_config, graph_model, train, val, std::move(group));
+  const std::vector<EpochMetrics> want = eager.fit(), got = graphed.fit();
+  EXPECT_EQ(graphed.global_step(), eager.global_step());
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t e = 0; e < want.size(); ++e) {
+    EXPECT_NEAR(got[e].train_loss, want[e].train_loss, 10 * tol * std::abs(want[e].train_loss)) << "epoch " << e;
+    EXPECT_NEAR(got[e].val_loss, want[e].val_loss, 10 * tol * std::abs(want[e].val_loss)) << "epoch " << e;
+    EXPECT_EQ(got[e].skipped_steps, want[e].skipped_steps) << "epoch " << e;
+    EXPECT_EQ(got[e].lr, want[e].lr) << "epoch " << e;
+  }
+  const auto pe = eager_model->named_parameters(), pg = graph_model->named_parameters();
+  ASSERT_EQ(pe.size(), pg.size());
+  for (size_t i = 0; i < pe.size(); ++i)
+    EXPECT_LE(tandem::testing::relative_error(pg[i].second.cpu(), pe[i].second.cpu()), tol) << pg[i].first;
+}
+
+TEST(CudaTraining, TrainerWithCudaGraphsMatchesTheEagerTrainer) {
+  TANDEM_REQUIRE_CUDA();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
+  SKIP_UNDER_MEMCHECK();
+  // 170 samples in batches of 16: ten full batches replay, the last (10) runs eagerly.
+  auto train = images(170, {1, 28, 28}, 41), val = images(40, {1, 28, 28}, 42);
+  auto mlp = [](double dropout) {
+    return [dropout] {
+      return std::make_shared<nn::models::MLP>(
+          nn::models::MLPOptions{.in = 784, .hidden = {64, 32}, .out = 10, .dropout = dropout});
+    };
+  };
+  auto cnn = [] {
+    return std::make_shared<nn::models::CNN>(nn::models::CNNOptions{.in_channels = 1, .image_size = 28, .hidden = 32});
+  };
+  // SGD under warm-up and cosine: the lr reaches the replays through the device copy.
+  expect_graphed_trainer_matches_eager("mlp sgd cosine", mlp(0.0), train, val, [](TrainerConfig& c) {
+    c.schedule = {.name = "cosine", .warmup_steps = 4};
+  }, 1e-5);
+  // Two micro-batches per step (one graph that accumulates, one that steps), clipping.
+  expect_graphed_trainer_matches_eager("mlp adamw accumulate 2 clip", mlp(0.0), train, val, [](TrainerConfig& c) {
+    c.accumulate = 2;
+    c.optimizer = {.name = "adamw", .lr = 1e-3, .weight_decay = 0.01, .clip_grad_norm = 0.5};
+  }, 1e-5);
+  // Dropout draws in bf16: each replay takes the next blocks of the generator, as eager steps do.
+  expect_graphed_trainer_matches_eager("mlp dropout bf16 adamw", mlp(0.2), train, val, [](TrainerConfig& c) {
+    c.precision = {.use_amp = true, .amp_dtype = DType::kBF16};
+    c.optimizer = {.name = "adamw", .lr = 1e-3, .weight_decay = 0.01};
+  }, 1e-4);
+  // Batch norm's running statistics, f16 with the device-side scaler (skips included).
+  expect_graphed_trainer_matches_eager("cnn sgd fp16", cnn, train, val, [](TrainerConfig& c) {
+    c.precision = {.use_amp = true, .amp_dtype = DType::kF16};
+  }, 1e-3);
+}
+
+TEST(CudaTraining, TrainerWithCudaGraphsOverNcclDdpMatchesTheEagerTrainer) {
+  TANDEM_REQUIRE_CUDA();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
+  SKIP_UNDER_MEMCHECK();
+  // World size 1: the captured step holds DDP's bucketing (captured after its rebuild);
+  // with two micro-batches per step, one replay runs under no_sync.
+#if TANDEM_NCCL
+  auto train = images(170, {1, 28, 28}, 43), val = images(40, {1, 28, 28}, 44);
+  auto group = comm::make_nccl_group(comm::make_hash_store(std::chrono::seconds(30)), 0, 1);
+  expect_graphed_trainer_matches_eager("ddp nccl", [] {
+    return std::make_shared<nn::models::MLP>(nn::models::MLPOptions{.in = 784, .hidden = {64}, .out = 10});
+  }, train, val, [](TrainerConfig& c) { c.accumulate = 2; }, 1e-5, group);
+#else
+  GTEST_SKIP() << "built without NCCL";
+#endif
+}
+
+TEST(CudaTraining, TrainerWithCudaGraphsRefusesStepsThatCannotReplay) {
+  TANDEM_REQUIRE_CUDA();
+  TANDEM_REQUIRE_CACHING_ALLOCATOR();
+  auto data = std::make_shared<data::TensorDataset>(random_tensor({96, 6}, 51, DType::kF32), random_indices({96}, 3, 52));
+  TrainerConfig c = quiet_config(kGpu);
+  c.cuda_graph = true;
+  // A parameter outside the forward: zeroed in place, it would still be stepped.
+  manual_seed(3);
+  Trainer unused(c, std::make_shared<comm::ddp_test::UnusedBranch>(), data, nullptr);
+  tandem::testing::expect_error<std::runtime_error>(
+      "std::runtime_error", [&] { unused.fit(); }, {"cuda_graph", "'unused.weight'", "after 3 steps"});
+  // Batch norm's cumulative average reads its batch count on the host: the capture fails.
+  manual_seed(3);
+  auto cumulative = std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(6, 8), std::make_shared<nn::BatchNorm1d>(8, nn::BatchNormOptions{.momentum = std::nullopt}),
+      std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(8, 3)});
+  Trainer host_read(c, cumulative, data, nullptr);
+  tandem::testing::expect_error<std::runtime_error>(
+      "std::runtime_error", [&] { host_read.fit(); }, {"cuda_graph: capturing the training step failed"});
 }
 
 TEST(CudaTraining, NoCudaMallocOnceTheLoopIsWarm) {
@@ -362,6 +481,13 @@ INSTANTIATE_TEST_SUITE_P(
         // One rank in this process over NCCL, as on a one-GPU node.
         TrainCase{"DdpOverNcclAtWorldSizeOne", "--model cnn --epochs 1 --device cuda --strategy ddp --devices 1", 0.85,
                   {{"backend", "nccl"}}},
+        // The README's main job replayed as CUDA graphs, f16 scaler and DDP over NCCL included.
+        TrainCase{"CudaGraphFp16", "--model cnn --epochs 1 --device cuda --cuda-graph --precision fp16", 0.85,
+                  {{"cuda_graph", true}}},
+        TrainCase{"CudaGraphDdpOverNcclWithAccumulation",
+                  "--model cnn --epochs 1 --device cuda --cuda-graph --strategy ddp --devices 1 --accumulate 2 "
+                  "--batch-size 64",
+                  0.85, {{"cuda_graph", true}, {"backend", "nccl"}}},
         TrainCase{"CheckpointingWithAccumulation",
                   "--model cnn --epochs 1 --device cuda --grad-checkpoint --accumulate 2 --batch-size 64", 0.85, {}},
         // Random images: it runs end to end (accuracy is chance there).

@@ -239,6 +239,13 @@ TEST(SGD, CapturableStepsMatchHostStepsExactly) {
           EXPECT_EQ(captured->state_dict().tensors.size(), 1u);
           captured->load_state_dict(captured->state_dict());
         }
+        if (k == 2) {
+          // A load goes into the buffers that exist (a captured graph holds their addresses).
+          const OptimizerState before = captured->state_dict();
+          captured->load_state_dict(host->state_dict());
+          EXPECT_EQ(captured->state_dict().tensors.at("momentum_buffer.0").data_ptr(),
+                    before.tensors.at("momentum_buffer.0").data_ptr());
+        }
         if (k == 3) host->load_state_dict(captured->state_dict());
         if (k == 1) {
           host->set_lr(0.05);

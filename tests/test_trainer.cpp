@@ -550,6 +550,24 @@ TEST(Trainer, ConfigurationErrorsNameTheOption) {
   expect([](TrainerConfig& c) { c.precision.use_amp = true; c.precision.amp_dtype = DType::kF64; },
          {"precision.amp_dtype", "float64"});
   tandem::testing::expect_invalid([&] { Trainer(base_config(), nullptr, train, val); }, {"model", "null"});
+  // CUDA graphs: a CUDA device, and no part that reads values on the host per step.
+  auto graphed = [](TrainerConfig& c) {
+    c.cuda_graph = true;
+    c.strategy.devices = {Device::cpu()};
+  };
+  expect([&](TrainerConfig& c) { graphed(c); }, {"[Trainer] cuda_graph: expected a CUDA device, got cpu"});
+  expect([&](TrainerConfig& c) { graphed(c); c.grad_checkpoint = true; }, {"cuda_graph", "grad_checkpoint off"});
+  expect([&](TrainerConfig& c) { graphed(c); c.strategy.mode = "dp"; c.strategy.devices = {Device::cpu(), Device::cpu()}; },
+         {"cuda_graph", "DataParallel", "got \"dp\""});
+  auto local = comm::make_local_group(1);
+  TrainerConfig ddp = base_config();
+  graphed(ddp);
+  ddp.strategy.mode = "ddp";
+  tandem::testing::expect_invalid([&] { Trainer(ddp, mlp(), train, val, local[0]); },
+                                  {"cuda_graph", "the nccl backend", "got \"local\""});
+  ddp.strategy.ddp.find_unused_parameters = true;
+  tandem::testing::expect_invalid([&] { Trainer(ddp, mlp(), train, val, local[0]); },
+                                  {"cuda_graph", "find_unused_parameters off"});
 }
 
 }  // namespace

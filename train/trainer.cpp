@@ -18,6 +18,7 @@
 #include "data/dataloader.h"
 #include "engine/autocast.h"
 #include "engine/autograd.h"
+#include "engine/cuda/graph.h"
 #include "engine/cuda/runtime.h"
 #include "engine/ops.h"
 #include "engine/random.h"
@@ -81,6 +82,33 @@ void check_config(const TrainerConfig& c) {
   if (c.val_batch_size < 0) bad("val_batch_size", ">= 0", std::to_string(c.val_batch_size));
 }
 
+/// cuda_graph: optimizer steps run eagerly before the first capture (DDP rebuilds its
+/// buckets at its second synchronised iteration; optimizer state and every first
+/// allocation must exist before a capture).
+constexpr int64_t kGraphWarmupSteps = 3;
+
+/// cuda_graph: one micro-batch's work captured once, the static input and target that
+/// each batch is copied into, and the loss every replay writes.
+struct CapturedStep {
+  cuda::Graph graph;
+  Tensor input, target, loss;
+};
+
+/// cuda_graph's requirements, once the device and the process group are known.
+void check_cuda_graph(const TrainerConfig& c, Device device, const comm::ProcessGroup* group) {
+  if (!c.cuda_graph) return;
+  const auto& s = c.strategy;
+  if (s.mode == "dp") bad("cuda_graph", "strategy.mode \"single\" or \"ddp\" (DataParallel runs threads per device)", "\"dp\"");
+  if (s.sync_bn) bad("cuda_graph", "sync_bn off (SyncBatchNorm reads its sample count on the host)", "sync_bn on");
+  if (c.grad_checkpoint)
+    bad("cuda_graph", "grad_checkpoint off (recomputation restores generator states on the host)", "grad_checkpoint on");
+  if (s.mode == "ddp" && s.ddp.find_unused_parameters)
+    bad("cuda_graph", "strategy.ddp.find_unused_parameters off (the used-parameter mask is read on the host)", "on");
+  if (const std::string backend = group != nullptr ? group->backend() : "nccl"; backend != "nccl")
+    bad("cuda_graph", "the nccl backend for ddp (its collectives are recorded in the graph)", "\"" + backend + "\"");
+  if (!device.is_cuda()) bad("cuda_graph", "a CUDA device", device.str());
+}
+
 /// "<base>-epochs<ext>": the epoch CSV beside the step CSV.
 std::string epochs_csv_path(const std::string& csv) {
   std::filesystem::path p(csv);
@@ -96,6 +124,7 @@ nlohmann::json TrainerConfig::to_json() const {
           {"batch_size", batch_size},
           {"accumulate", accumulate},
           {"grad_checkpoint", grad_checkpoint},
+          {"cuda_graph", cuda_graph},
           {"seed", seed},
           {"strategy",
            {{"mode", strategy.mode},
@@ -191,6 +220,10 @@ struct Trainer::Impl {
   std::unique_ptr<GpuMonitor> monitor;
   double best = std::nan("");
   int64_t global_batch = 0;  // samples per optimizer step over all ranks
+  // cuda_graph: the captured work of a micro-batch that only accumulates and of one that
+  // ends a step, and the optimizer steps this Trainer ran eagerly (its warm-up).
+  std::unique_ptr<CapturedStep> micro_graph, step_graph;
+  int64_t eager_steps = 0;
 
   bool reporting() const { return !group || group->rank() == 0; }
 };
@@ -223,6 +256,7 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
   if (device_.is_cuda()) cuda::check_device(device_.index, "Trainer");
   if (device_.is_cuda()) cuda::set_device(device_.index);
   if (config_.precision.allow_tf32) cuda::set_allow_tf32(*config_.precision.allow_tf32);
+  check_cuda_graph(config_, device_, m.group.get());
 
   // ---- the model, wrapped for the strategy ----
   model_->to(device_);
@@ -269,21 +303,23 @@ Trainer::Trainer(TrainerConfig config, std::shared_ptr<nn::Module> model, std::s
   // On CUDA the scaler keeps its state and skip decisions on the device, with an
   // optimizer that skips there: no host synchronisation per step, the same results.
   so.capturable = so.enabled && (so.capturable || device_.is_cuda());
+  // A captured step reads the lr (and its step counts) from the device.
+  const bool capturable_optimizer = so.capturable || config_.cuda_graph;
   const auto& o = config_.optimizer;
   double lr = o.lr;
   if (config_.schedule.scale_lr_linear) lr = optim::scaled_lr(lr, world, config_.accumulate);
   if (o.name == "sgd") {
     m.optimizer = std::make_unique<optim::SGD>(
         m.params, optim::SGDOptions{.lr = lr, .momentum = o.momentum, .weight_decay = o.weight_decay,
-                                    .nesterov = o.nesterov, .capturable = so.capturable});
+                                    .nesterov = o.nesterov, .capturable = capturable_optimizer});
   } else if (o.name == "adam") {
     m.optimizer = std::make_unique<optim::Adam>(
         m.params, optim::AdamOptions{.lr = lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay,
-                                     .capturable = so.capturable});
+                                     .capturable = capturable_optimizer});
   } else {
     m.optimizer = std::make_unique<optim::AdamW>(
         m.params, optim::AdamWOptions{.lr = lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay,
-                                      .capturable = so.capturable});
+                                      .capturable = capturable_optimizer});
   }
   const int64_t micro = m.train_loader->num_batches();
   const int64_t steps_per_epoch = (micro + config_.accumulate - 1) / config_.accumulate;
@@ -456,6 +492,89 @@ const std::vector<EpochMetrics>& Trainer::fit() {
     double last_loss = std::nan("");
     const auto epoch_start = Clock::now();
     int64_t in_group = 0;  // micro-batches accumulated toward the next step
+    const bool graph_mode = cfg.cuda_graph;
+    // One micro-batch's forward, loss and backward (DDP all-reduces only when sync_step);
+    // `timed` adds the phase times (not in a capture, where nothing runs).
+    auto forward_backward = [&](const Tensor& input, const Tensor& target, bool sync_step, bool timed) {
+      auto t = Clock::now();
+      std::optional<comm::DistributedDataParallel::NoSyncGuard> no_sync;
+      if (m.ddp && !sync_step) no_sync.emplace(*m.ddp);
+      Tensor loss;
+      {
+        AutocastGuard autocast(cfg.precision.amp_dtype, amp);
+        loss = prediction_loss(m.net->forward(input), target);
+      }
+      if (timed) {
+        phase_end();
+        fwd_ms += ms_since(t);
+        t = Clock::now();
+      }
+      const Tensor share = cfg.accumulate > 1
+                               ? mul(loss, scalar_tensor(1.0 / cfg.accumulate, {.dtype = loss.dtype(), .device = loss.device()}))
+                               : loss;
+      m.scaler->scale(share).backward();
+      if (timed) {
+        phase_end();
+        const double b = ms_since(t);
+        const double exposed = (m.ddp && sync_step) ? m.ddp->last_iteration_stats().exposed_comm_s * 1e3 : 0.0;
+        bwd_ms += b - exposed;
+        comm_ms += exposed;
+      }
+      return loss;
+    };
+    // The optimizer step that ends a group of micro-batches (the schedule steps after it,
+    // on the host, also between graph replays).
+    auto optimizer_step = [&] {
+      if (cfg.optimizer.clip_grad_norm > 0) {
+        m.scaler->unscale(*m.optimizer);
+        // The norm stays on the device: clipping costs no host synchronisation.
+        (void)optim::clip_grad_norm_on_device(m.params, cfg.optimizer.clip_grad_norm);
+      }
+      m.scaler->step(*m.optimizer);
+      m.scaler->update();
+      // cuda_graph: zeroed in place, so captured work keeps accumulating into the same memory.
+      m.optimizer->zero_grad(/*set_to_none=*/!graph_mode);
+    };
+    // cuda_graph: the captured work for this micro-batch, captured at its first use after
+    // the warm-up from a full batch; null runs it eagerly (warm-up, a smaller last batch).
+    auto graph_for = [&](const data::Batch& batch, bool sync_step) -> CapturedStep* {
+      if (m.eager_steps < kGraphWarmupSteps) return nullptr;
+      std::unique_ptr<CapturedStep>& slot = sync_step ? m.step_graph : m.micro_graph;
+      if (slot) {
+        const bool same = batch.input.shape() == slot->input.shape() && batch.target.shape() == slot->target.shape();
+        return same ? slot.get() : nullptr;
+      }
+      if (batch.input.size(0) != cfg.batch_size) return nullptr;
+      for (const auto& [name, p] : model_->named_parameters()) {
+        if (p.requires_grad() && !p.grad().defined())
+          throw std::runtime_error("[Trainer] cuda_graph: expected every trainable parameter to get a gradient, got "
+                                   "none for '" + name + "' after " + std::to_string(m.eager_steps) +
+                                   " steps (replayed steps zero gradients in place, so an unused parameter would "
+                                   "still be stepped); freeze it (requires_grad false) or train without cuda_graph");
+      }
+      auto c = std::make_unique<CapturedStep>();
+      c->input = empty_like(batch.input);
+      c->target = empty_like(batch.target);
+      cuda::synchronize(device_.index);
+      try {
+        c->graph.capture_begin();
+        c->loss = forward_backward(c->input, c->target, sync_step, false);
+        if (sync_step) optimizer_step();
+        c->graph.capture_end();
+      } catch (const std::exception& e) {
+        if (cuda::current_stream(device_.index).is_capturing()) {
+          try {
+            c->graph.capture_end();
+          } catch (const std::exception&) {
+            // The capture is abandoned either way; the first error is the one to report.
+          }
+        }
+        throw std::runtime_error(std::string("[Trainer] cuda_graph: capturing the training step failed: ") + e.what() +
+                                 "; a step that reads values on the host cannot be replayed: train without cuda_graph");
+      }
+      slot = std::move(c);
+      return slot.get();
+    };
     auto data_start = Clock::now();
     // A step checkpoint taken at the epoch's last batch (checkpoint.every_steps dividing
     // the epoch) resumes with every batch handed out: straight to the epoch's end, where
@@ -469,38 +588,27 @@ const std::vector<EpochMetrics>& Trainer::fit() {
         const bool sync_step = in_group == cfg.accumulate || last_of_epoch;
         Tensor loss;
         try {
-          auto t = Clock::now();
-          {
-            std::optional<comm::DistributedDataParallel::NoSyncGuard> no_sync;
-            if (m.ddp && !sync_step) no_sync.emplace(*m.ddp);
-            {
-              AutocastGuard autocast(cfg.precision.amp_dtype, amp);
-              loss = prediction_loss(m.net->forward(batch.input), batch.target);
-            }
+          CapturedStep* replayed = graph_mode ? graph_for(batch, sync_step) : nullptr;
+          if (replayed != nullptr) {
+            const auto t = Clock::now();
+            replayed->input.copy_(batch.input);
+            replayed->target.copy_(batch.target);
+            replayed->graph.replay();
+            loss = replayed->loss;
             phase_end();
             fwd_ms += ms_since(t);
-            t = Clock::now();
-            Tensor scaled = m.scaler->scale(cfg.accumulate > 1 ? mul(loss, scalar_tensor(1.0 / cfg.accumulate, {.dtype = loss.dtype(), .device = loss.device()})) : loss);
-            scaled.backward();
-            phase_end();
-            const double b = ms_since(t);
-            const double exposed = (m.ddp && sync_step) ? m.ddp->last_iteration_stats().exposed_comm_s * 1e3 : 0.0;
-            bwd_ms += b - exposed;
-            comm_ms += exposed;
+          } else {
+            loss = forward_backward(batch.input, batch.target, sync_step, true);
+            if (sync_step) {
+              const auto t = Clock::now();
+              optimizer_step();
+              phase_end();
+              opt_ms += ms_since(t);
+              ++m.eager_steps;
+            }
           }
           if (sync_step) {
-            t = Clock::now();
-            if (cfg.optimizer.clip_grad_norm > 0) {
-              m.scaler->unscale(*m.optimizer);
-              // The norm stays on the device: clipping costs no host synchronisation.
-              (void)optim::clip_grad_norm_on_device(m.params, cfg.optimizer.clip_grad_norm);
-            }
-            m.scaler->step(*m.optimizer);
-            m.scaler->update();
-            m.optimizer->zero_grad();
             if (m.schedule) m.schedule->step();
-            phase_end();
-            opt_ms += ms_since(t);
             ++steps;
             ++global_step_;
             in_group = 0;

@@ -147,6 +147,18 @@ struct TrainerConfig {
   /// (a Sequential in about sqrt(L) segments; else each Sequential child, such as
   /// ResNet-18's stages or a GPT's blocks, one segment per block).
   bool grad_checkpoint = false;
+  /// On CUDA, once three optimizer steps have run eagerly, capture a micro-batch's work in
+  /// a CUDA graph and replay it for every full batch: forward, loss and backward, and at
+  /// a step's last micro-batch the DDP all-reduce, unscaling and clipping, the optimizer
+  /// step, the loss-scale update and the zeroing of the gradients, in one launch. The
+  /// optimizer (and an f16 scaler) run capturable, so the lr schedule and the loss scale
+  /// reach the replays; the loss is read back every 20 micro-batches as without graphs.
+  /// Shapes are static: a smaller last batch runs eagerly. Gradients are zeroed in place
+  /// rather than dropped, so every trainable parameter must get a gradient each step
+  /// (checked once the warm-up has run). A replayed micro-batch counts as forward_ms in
+  /// the step-time breakdown. Not with strategy "dp", sync_bn, grad_checkpoint or
+  /// find_unused_parameters; ddp needs the nccl backend.
+  bool cuda_graph = false;
   /// Seeds the default generators (initialisation, dropout) and the data order.
   uint64_t seed = 0;
   StrategyConfig strategy = {};

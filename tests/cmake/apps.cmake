@@ -95,6 +95,7 @@ if(TARGET tandem-train)
     "resume_auto_without_dir|--resume auto|--resume auto needs --checkpoint-dir"
     "resume_missing_file|--resume /nonexistent/ckpt.tck|--resume /nonexistent/ckpt.tck: no such checkpoint file"
     "checkpoint_every_without_dir|--checkpoint-every 10|--checkpoint-every needs --checkpoint-dir"
+    "cuda_graph_on_cpu|--cuda-graph --device cpu|--cuda-graph replays CUDA graphs: expected a GPU .--device cuda or auto., got cpu"
     # Language models.
     "gpt_without_text|--model gpt-mini|--model gpt-mini is a language model: expected --dataset text, got --dataset fashion-mnist"
     "text_without_gpt|--dataset text --data ${fox_text}|--dataset text trains a language model: expected --model gpt-mini or gpt2, got --model cnn"
