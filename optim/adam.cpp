@@ -93,7 +93,11 @@ void Adam::step_impl(const Tensor& found_inf) {
   for (size_t b = 0; b < batches.size(); ++b) {
     const bool in_capture = capturing(batches[b].device);
     for (GradItem& item : batches[b].items) {
-      if (in_capture) check_captured_step(name(), !exp_avg[item.flat].defined(), "parameter " + std::to_string(item.flat));
+      if (in_capture) {
+        const bool no_state =
+            !exp_avg[item.flat].defined() || (options_.capturable && !step_counts_[item.flat].defined());
+        check_captured_step(name(), no_state, "parameter " + std::to_string(item.flat));
+      }
       const TensorOptions like{.dtype = item.param.dtype(), .device = item.param.device()};
       Tensor& m = exp_avg[item.flat];
       Tensor& v = exp_avg_sq[item.flat];

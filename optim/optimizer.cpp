@@ -40,9 +40,10 @@ void Optimizer::set_lr(double lr) {
 
 void Optimizer::set_group_lr(size_t g, double lr) {
   if (g >= groups_.size())
-    throw std::invalid_argument("[Optimizer::set_group_lr] expected a group index below " + std::to_string(groups_.size()) +
-                                ", got " + std::to_string(g));
-  if (!(lr >= 0.0)) throw std::invalid_argument("[Optimizer::set_group_lr] expected lr >= 0, got " + std::to_string(lr));
+    throw std::invalid_argument("[Optimizer::set_group_lr] expected a group index below " +
+                                std::to_string(groups_.size()) + ", got " + std::to_string(g));
+  if (!(lr >= 0.0))
+    throw std::invalid_argument("[Optimizer::set_group_lr] expected lr >= 0, got " + std::to_string(lr));
   // Checked before anything changes: a refused call leaves the lr as it was.
   for (const auto& [key, copy] : device_lrs_) {
     const Device device{std::get<1>(key), std::get<2>(key)};
@@ -65,26 +66,30 @@ bool Optimizer::capturing(Device device) {
 void Optimizer::check_captured_step(const std::string& name, bool first_step, const std::string& what) const {
   if (!capturable())
     throw std::logic_error("[" + name + "::step] expected an optimizer constructed with capturable = true inside a "
-                           "CUDA-graph capture, got one that is not: its lr and first steps would be fixed in the graph");
+                           "CUDA-graph capture, got one that is not: its lr and first steps would be fixed in the "
+                           "graph");
   if (first_step)
     throw std::logic_error("[" + name + "::step] expected every parameter to have stepped once before a CUDA-graph "
                            "capture, got " + what + " without optimizer state: its state would be made again at every "
-                           "replay; run one step eagerly (or load a state dict) before capturing");
+                           "replay; run one step eagerly before capturing (after a load_state_dict too)");
 }
 
 const double* Optimizer::lr_on_device(const std::string& name, size_t group, Device device) {
   const double lr = groups_.at(group).lr.value();
-  DeviceLr& copy = device_lrs_[{group, device.type, device.index}];
-  if (!copy.value.defined() || copy.written != lr) {
-    if (capturing(device))
-      throw std::logic_error("[" + name + "::step] expected the lr of group " + std::to_string(group) + " on " +
-                             device.str() + " to be on the device before a CUDA-graph capture, got " +
-                             (copy.value.defined() ? "a changed lr (change it with set_lr or set_group_lr)"
-                                                   : "none (run one step eagerly before capturing)"));
-    if (!copy.value.defined()) copy.value = Tensor::empty({1}, {.dtype = DType::kF64, .device = device});
-    copy.value.fill_(lr);
-    copy.written = lr;
-  }
+  const auto key = std::make_tuple(group, device.type, device.index);
+  auto it = device_lrs_.find(key);
+  const bool made = it != device_lrs_.end();
+  if (made && it->second.written == lr) return it->second.value.data<double>();
+  // Checked before the entry exists: a refused capture leaves nothing half made.
+  if (capturing(device))
+    throw std::logic_error("[" + name + "::step] expected the lr of group " + std::to_string(group) + " on " +
+                           device.str() + " to be on the device before a CUDA-graph capture, got " +
+                           (made ? "a changed lr (change it with set_lr or set_group_lr)"
+                                 : "none (run one step eagerly before capturing)"));
+  DeviceLr& copy = device_lrs_[key];
+  if (!made) copy.value = Tensor::empty({1}, {.dtype = DType::kF64, .device = device});
+  copy.value.fill_(lr);
+  copy.written = lr;
   return copy.value.data<double>();
 }
 

@@ -61,7 +61,8 @@ class Optimizer {
   const std::vector<ParamGroup>& param_groups() const { return groups_; }
   /// Adds a group; its unset hyperparameters take the optimizer's defaults.
   void add_param_group(ParamGroup group);
-  /// Number of step() calls so far.
+  /// Number of step() calls so far (host calls: replays of a captured step() are not
+  /// counted; capturable optimizers keep per-parameter counts on the device).
   int64_t step_count() const { return step_count_; }
 
   /// Per-parameter state keyed "<kind>.<i>" with i the parameter's index over all

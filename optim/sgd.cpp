@@ -67,7 +67,8 @@ void SGD::step_impl(const Tensor& found_inf) {
     const bool in_capture = capturing(batches[b].device);
     for (GradItem& item : batches[b].items) {
       if (in_capture)
-        check_captured_step("SGD", options_.momentum != 0.0 && !buffers[item.flat].defined(),
+        check_captured_step("SGD",
+                            counted && (!buffers[item.flat].defined() || !step_counts_[item.flat].defined()),
                             "parameter " + std::to_string(item.flat));
       kernels::SGDTensorRef ref;
       ref.param = item.param.data_ptr();

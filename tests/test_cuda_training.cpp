@@ -145,9 +145,12 @@ void expect_graphed_trainer_matches_eager(const std::string& what, const std::fu
   auto eager_model = make();
   manual_seed(7);
   auto graph_model = make();
+  // One after the other: each Trainer seeds the generators when it is made, so the
+  // graphed run's dropout starts where the eager run's did.
   Trainer eager(eager_config, eager_model, train, val);
+  const std::vector<EpochMetrics> want = eager.fit();
   Trainer graphed(graph_config, graph_model, train, val, std::move(group));
-  const std::vector<EpochMetrics> want = eager.fit(), got = graphed.fit();
+  const std::vector<EpochMetrics> got = graphed.fit();
   EXPECT_EQ(graphed.global_step(), eager.global_step());
   ASSERT_EQ(got.size(), want.size());
   for (size_t e = 0; e < want.size(); ++e) {
@@ -166,7 +169,8 @@ TEST(CudaTraining, TrainerWithCudaGraphsMatchesTheEagerTrainer) {
   TANDEM_REQUIRE_CUDA();
   TANDEM_REQUIRE_CACHING_ALLOCATOR();
   SKIP_UNDER_MEMCHECK();
-  // 170 samples in batches of 16: ten full batches replay, the last (10) runs eagerly.
+  // 170 samples in batches of 16: after three eager warm-up steps the full batches
+  // replay, and each epoch's last (10 samples) runs eagerly.
   auto train = images(170, {1, 28, 28}, 41), val = images(40, {1, 28, 28}, 42);
   auto mlp = [](double dropout) {
     return [dropout] {

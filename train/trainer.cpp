@@ -98,7 +98,8 @@ struct CapturedStep {
 void check_cuda_graph(const TrainerConfig& c, Device device, const comm::ProcessGroup* group) {
   if (!c.cuda_graph) return;
   const auto& s = c.strategy;
-  if (s.mode == "dp") bad("cuda_graph", "strategy.mode \"single\" or \"ddp\" (DataParallel runs threads per device)", "\"dp\"");
+  if (s.mode == "dp")
+    bad("cuda_graph", "strategy.mode \"single\" or \"ddp\" (DataParallel runs threads per device)", "\"dp\"");
   if (s.sync_bn) bad("cuda_graph", "sync_bn off (SyncBatchNorm reads its sample count on the host)", "sync_bn on");
   if (c.grad_checkpoint)
     bad("cuda_graph", "grad_checkpoint off (recomputation restores generator states on the host)", "grad_checkpoint on");
@@ -556,21 +557,28 @@ const std::vector<EpochMetrics>& Trainer::fit() {
       c->input = empty_like(batch.input);
       c->target = empty_like(batch.target);
       cuda::synchronize(device_.index);
+      // A capture that failed is abandoned (the first error is the one reported); the
+      // run ends with the error, host state such as the scaler's part-way through a step.
+      auto abandon = [&] {
+        if (!cuda::current_stream(device_.index).is_capturing()) return;
+        try {
+          c->graph.capture_end();
+        } catch (const std::exception&) {
+        }
+      };
       try {
         c->graph.capture_begin();
         c->loss = forward_backward(c->input, c->target, sync_step, false);
         if (sync_step) optimizer_step();
         c->graph.capture_end();
+      } catch (const cuda::OutOfMemoryError&) {
+        abandon();
+        throw;  // the loop's handler names the batch and what to do
       } catch (const std::exception& e) {
-        if (cuda::current_stream(device_.index).is_capturing()) {
-          try {
-            c->graph.capture_end();
-          } catch (const std::exception&) {
-            // The capture is abandoned either way; the first error is the one to report.
-          }
-        }
+        abandon();
         throw std::runtime_error(std::string("[Trainer] cuda_graph: capturing the training step failed: ") + e.what() +
-                                 "; a step that reads values on the host cannot be replayed: train without cuda_graph");
+                                 " (a graph replays device work only: a step that reads values on the host cannot be "
+                                 "captured; train without cuda_graph)");
       }
       slot = std::move(c);
       return slot.get();
